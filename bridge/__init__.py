@@ -1,0 +1,1 @@
+"""Everything that meets the outside world: the command line, OSC, live playback."""

@@ -1,0 +1,54 @@
+"""`refmaster bench chain`: how fast the differentiable chain renders and back-propagates."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+import torch
+
+from engine import params as P
+from engine.chain import SAMPLE_RATE, render_chain
+from engine.manipulation import random_manipulation
+
+
+def bench_chain(seconds: float = 30.0, repeat: int = 3, batch: int = 1, dtype=torch.float32) -> dict:
+    """Median forward and forward+backward times of the full chain (every module on)."""
+    g = torch.Generator().manual_seed(1)
+    T = int(seconds * SAMPLE_RATE)
+    audio = 0.25 * torch.randn(batch, 2, T, generator=g, dtype=dtype)
+    params, _ = random_manipulation(g, batch, dtype)
+    switches = torch.ones(batch, len(P.MODULES), dtype=torch.bool)
+    # warm-up: numba compiles torchcomp's recursion on first use
+    p = params.clone().requires_grad_(True)
+    render_chain(audio[..., : SAMPLE_RATE], p, switches).sum().backward()
+    fwd, fwdbwd = [], []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            render_chain(audio, params, switches)
+        fwd.append(time.perf_counter() - t0)
+        p = params.clone().requires_grad_(True)
+        t0 = time.perf_counter()
+        y = render_chain(audio, p, switches)
+        y.square().mean().backward()
+        fwdbwd.append(time.perf_counter() - t0)
+        assert p.grad is not None and torch.isfinite(p.grad).all()
+    return {
+        "seconds_of_audio": seconds, "batch": batch, "dtype": str(dtype).replace("torch.", ""),
+        "cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "device": "cpu", "repeat": repeat,
+        "forward_s": statistics.median(fwd), "forward_backward_s": statistics.median(fwdbwd),
+        "forward_min_s": min(fwd), "forward_backward_min_s": min(fwdbwd),
+    }
+
+
+def format_chain_bench(r: dict) -> str:
+    rt = r["seconds_of_audio"] * r["batch"]
+    return "\n".join([
+        f"chain benchmark: {r['batch']} x {r['seconds_of_audio']:g} s stereo at 44.1 kHz, {r['dtype']}, "
+        f"{r['cpu_cores']} CPU cores ({r['torch_threads']} torch threads), median of {r['repeat']}",
+        f"  forward           {r['forward_s']:.3f} s   ({rt / r['forward_s']:.0f}x real time)",
+        f"  forward+backward  {r['forward_backward_s']:.3f} s   ({rt / r['forward_backward_s']:.0f}x real time)",
+    ])

@@ -1,0 +1,130 @@
+"""The chain and audio commands: params, analyze, render, synth, fxnorm-stats."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from engine import params as P
+from engine.audio_io import READ_EXTENSIONS, SAMPLE_RATE, load_audio, resample, write_audio
+from engine.errors import AudioError, ParamError, RefmasterError
+
+
+def load_chain_params(path) -> P.ChainParams:
+    """Θ + switches from a JSON file (a params file or anything with a top-level "params")."""
+    p = Path(path)
+    if not p.exists():
+        raise RefmasterError(f"{p}: no such parameter file")
+    try:
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise RefmasterError(f"{p}: cannot read parameter file ({e})") from None
+    try:
+        return P.ChainParams.from_json(text)
+    except ParamError as e:
+        raise ParamError(e.name, f"{e.reason} (in {p})") from None
+
+
+def cmd_params(args) -> int:
+    if args.json:
+        print(json.dumps([{"index": i + 1, "key": s.key, "module": s.module, "name": s.name, "unit": s.unit,
+                           "min": s.min, "max": s.max, "default": s.default, "scale": s.scale,
+                           "description": s.description} for i, s in enumerate(P.PARAMS)], indent=2))
+    else:
+        print(P.params_table())
+        print(f"\n{P.NUM_PARAMS} parameters. Hz, ms, Q and ratios map to 0…1 on a log scale.")
+    return 0
+
+
+def cmd_analyze(args) -> int:
+    from engine.features import analyze
+
+    from .report import analysis_table, plot_analysis
+
+    loaded = load_audio(args.file)
+    result = analyze(loaded.audio)
+    result["file"] = str(loaded.path)
+    result["source_sample_rate"] = loaded.source_rate
+    result["source_channels"] = loaded.source_channels
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{loaded.path}  ({loaded.seconds:.1f} s; source {loaded.source_rate} Hz, "
+              f"{'mono' if loaded.source_channels == 1 else 'stereo'})")
+        print(analysis_table([result], [loaded.path.name]))
+    if args.plot:
+        plot_analysis(args.plot, [result], [loaded.path.name])
+        print(f"plot: {args.plot}", file=sys.stderr)
+    return 0
+
+
+def render_offline(audio: np.ndarray, chain: P.ChainParams) -> np.ndarray:
+    """Render ``(2, T)`` float32 audio through the Torch chain, without gradients."""
+    import torch
+
+    from engine.chain import render_chain
+
+    params, switches = chain.to_tensors()
+    with torch.no_grad():
+        y = render_chain(torch.from_numpy(audio).unsqueeze(0), params, switches)
+    return y[0].numpy()
+
+
+def cmd_render(args) -> int:
+    from engine.features import integrated_loudness, true_peak_db
+
+    chain = load_chain_params(args.params)  # parameter problems first: cheaper than decoding audio
+    out = Path(args.output)
+    if out.suffix.lower() not in (".wav", ".flac"):
+        raise AudioError(f"{out}: output must be .wav or .flac")
+    loaded = load_audio(args.input)
+    y = render_offline(loaded.audio, chain)
+    if loaded.source_rate != SAMPLE_RATE:
+        y = resample(y, SAMPLE_RATE, loaded.source_rate)
+    n = loaded.source_frames
+    y = np.pad(y, ((0, 0), (0, max(0, n - y.shape[1]))))[:, :n]
+    clipped = write_audio(out, y, loaded.source_rate)
+    before = integrated_loudness(loaded.audio)
+    after = integrated_loudness(resample(y, loaded.source_rate) if loaded.source_rate != SAMPLE_RATE else y)
+    print(f"rendered {loaded.path.name} -> {out}  ({loaded.seconds:.1f} s, {loaded.source_rate} Hz, 24-bit)")
+    print(f"loudness {before:.1f} -> {after:.1f} LUFS, true peak {true_peak_db(y):.1f} dBTP")
+    if clipped:
+        print(f"warning: {clipped} samples exceeded full scale and were clipped in the file "
+              f"(lower gain.gain or limiter.threshold)", file=sys.stderr)
+    return 0
+
+
+def cmd_synth(args) -> int:
+    from engine.synth import synth_song_with_info
+
+    if args.seconds <= 0 or args.seconds > 3600:
+        raise RefmasterError("--seconds must be between 0 and 3600")
+    audio, info = synth_song_with_info(args.seed, args.seconds)
+    write_audio(args.output, audio)
+    print(f"{args.output}: {info.describe()}, {args.seconds:g} s")
+    return 0
+
+
+def cmd_fxnorm_stats(args) -> int:
+    from tqdm import tqdm
+
+    from engine.fxnorm import STATS_PATH, compute_stats
+
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise RefmasterError(f"{folder}: not a folder")
+    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in READ_EXTENSIONS)
+    if not files:
+        raise RefmasterError(f"{folder}: no audio files ({', '.join(READ_EXTENSIONS)})")
+    songs = {}
+    for f in tqdm(files, desc="analysing", unit="song"):
+        songs[f.name] = load_audio(f).audio
+    stats = compute_stats(songs)
+    out = Path(args.output) if args.output else STATS_PATH
+    out.write_text(json.dumps(stats, indent=1) + "\n")
+    print(f"{out}: {len(songs)} songs, target {stats['loudness_lufs']:.1f} LUFS, "
+          f"side/mid {stats['side_mid_ratio']:.3f}")
+    return 0

@@ -1,0 +1,264 @@
+"""Audio features: the differentiable Audio Feature (AF) set and the evaluation measures.
+
+Differentiable (Torch, batched ``(B, 2, T)``), SPEC.md "Inference-time optimisation":
+
+* RMS per channel (linear), crest factor per channel (dB),
+* stereo width = side energy / mid energy, stereo imbalance = (E_R − E_L) / (E_R + E_L),
+* bark spectrum: 24 bands equally spaced on the Bark scale between 20 Hz and 20 kHz, of mid
+  and side, from an STFT with FFT size 32768 (hop 8192, Hann), power averaged over time, as
+  natural-log magnitude.
+
+:class:`AudioFeatureLoss` is the MSE of each feature against a reference, weighted
+RMS 0.1, crest 0.001, width 1.0, imbalance 1.0, bark 0.1.
+
+Evaluation only (NumPy): integrated loudness (pyloudnorm, BS.1770), true peak (4x
+oversampled), and DRV, the dynamic-range variability: per channel, onsets are peaks of a
+high-frequency-content novelty function; each onset's level is the peak (dBFS) in the 50 ms
+after it; DRV is the standard deviation of the top quartile of those levels, averaged over
+channels.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import Dict, Mapping, Optional
+
+import numpy as np
+import pyloudnorm
+import torch
+from scipy.signal import resample_poly
+
+SAMPLE_RATE = 44100
+EPS = 1e-10
+
+AF_WEIGHTS: Dict[str, float] = {"rms": 0.1, "crest": 0.001, "width": 1.0, "imbalance": 1.0, "bark": 0.1}
+BARK_FFT = 32768
+BARK_HOP = 8192
+BARK_BANDS = 24
+BARK_FMIN = 20.0
+BARK_FMAX = 20000.0
+
+
+# ------------------------------------------------------------------------------ bark scale
+
+def hz_to_bark(f):
+    """Traunmüller's Bark formula."""
+    return 26.81 * f / (1960.0 + f) - 0.53
+
+
+def bark_to_hz(z):
+    return 1960.0 * (z + 0.53) / (26.28 - z)
+
+
+def bark_band_edges(n_bands: int = BARK_BANDS, fmin: float = BARK_FMIN, fmax: float = BARK_FMAX) -> np.ndarray:
+    """``n_bands + 1`` band edges in Hz, equally spaced in Bark."""
+    return bark_to_hz(np.linspace(hz_to_bark(fmin), hz_to_bark(fmax), n_bands + 1))
+
+
+def bark_band_centres(n_bands: int = BARK_BANDS) -> np.ndarray:
+    e = bark_band_edges(n_bands)
+    return np.sqrt(e[:-1] * e[1:])
+
+
+@lru_cache(maxsize=4)
+def _bark_matrix(n_fft: int, sample_rate: float, dtype: torch.dtype, device: str) -> torch.Tensor:
+    """(bins, bands) averaging matrix: each rfft bin in [fmin, fmax) belongs to one band."""
+    freqs = np.arange(n_fft // 2 + 1) * sample_rate / n_fft
+    edges = bark_band_edges()
+    m = np.zeros((len(freqs), BARK_BANDS))
+    for b in range(BARK_BANDS):
+        sel = (freqs >= edges[b]) & (freqs < edges[b + 1])
+        if not sel.any():  # a band narrower than a bin: take the nearest bin
+            sel = np.abs(freqs - np.sqrt(edges[b] * edges[b + 1])) == np.abs(freqs - np.sqrt(edges[b] * edges[b + 1])).min()
+        m[sel, b] = 1.0 / sel.sum()
+    return torch.tensor(m, dtype=dtype, device=device)
+
+
+# ------------------------------------------------------------------------------ differentiable features
+
+def mid_side(x: torch.Tensor):
+    """Energy-preserving mid and side of ``(B, 2, T)`` -> two ``(B, T)``."""
+    s = 1.0 / math.sqrt(2.0)
+    return (x[:, 0] + x[:, 1]) * s, (x[:, 0] - x[:, 1]) * s
+
+
+def rms(x: torch.Tensor) -> torch.Tensor:
+    """``(B, C, T)`` -> ``(B, C)`` linear RMS."""
+    return torch.sqrt(x.square().mean(-1) + EPS)
+
+
+def crest_factor_db(x: torch.Tensor) -> torch.Tensor:
+    """``(B, C, T)`` -> ``(B, C)`` peak-to-RMS ratio in dB."""
+    return 20.0 * torch.log10((x.abs().amax(-1) + EPS) / rms(x))
+
+
+def stereo_width(x: torch.Tensor) -> torch.Tensor:
+    """``(B, 2, T)`` -> ``(B,)`` side energy over mid energy."""
+    m, s = mid_side(x)
+    return s.square().sum(-1) / (m.square().sum(-1) + EPS)
+
+
+def stereo_imbalance(x: torch.Tensor) -> torch.Tensor:
+    """``(B, 2, T)`` -> ``(B,)`` (E_R − E_L) / (E_R + E_L): 0 balanced, ±1 one side only."""
+    e = x.square().sum(-1)
+    return (e[:, 1] - e[:, 0]) / (e[:, 0] + e[:, 1] + EPS)
+
+
+def bark_power(x: torch.Tensor, sample_rate: float = SAMPLE_RATE, n_fft: int = BARK_FFT, hop: int = BARK_HOP) -> torch.Tensor:
+    """Time-averaged band power of each channel: ``(B, C, T)`` -> ``(B, C, 24)``."""
+    B, C, T = x.shape
+    sig = x.reshape(B * C, T)
+    if T < n_fft:
+        sig = torch.nn.functional.pad(sig, (0, n_fft - T))
+    window = torch.hann_window(n_fft, dtype=x.dtype, device=x.device)
+    X = torch.stft(sig, n_fft, hop, window=window, center=False, return_complex=True)
+    power = (X.real.square() + X.imag.square()).mean(-1) / window.square().sum()
+    bands = power @ _bark_matrix(n_fft, float(sample_rate), x.dtype, str(x.device))
+    return bands.reshape(B, C, BARK_BANDS)
+
+
+def bark_spectrum(x: torch.Tensor, sample_rate: float = SAMPLE_RATE) -> torch.Tensor:
+    """Log bark spectrum of mid and side: ``(B, 2, T)`` -> ``(B, 2, 24)`` (ln magnitude)."""
+    m, s = mid_side(x)
+    return 0.5 * torch.log(bark_power(torch.stack([m, s], 1), sample_rate) + EPS)
+
+
+def audio_features(x: torch.Tensor, sample_rate: float = SAMPLE_RATE) -> Dict[str, torch.Tensor]:
+    """All AF features of ``(B, 2, T)``, each with a leading batch dimension."""
+    return {
+        "rms": rms(x),
+        "crest": crest_factor_db(x),
+        "width": stereo_width(x),
+        "imbalance": stereo_imbalance(x),
+        "bark": bark_spectrum(x, sample_rate),
+    }
+
+
+def feature_distance(fa: Mapping[str, torch.Tensor], fb: Mapping[str, torch.Tensor],
+                     weights: Mapping[str, float] = AF_WEIGHTS) -> Dict[str, torch.Tensor]:
+    """Weighted MSE per feature between two feature dicts -> ``{name: (B,)}``."""
+    out = {}
+    for k, w in weights.items():
+        d = (fa[k] - fb[k]).square()
+        out[k] = w * d.reshape(d.shape[0], -1).mean(-1)
+    return out
+
+
+class AudioFeatureLoss(torch.nn.Module):
+    """SPEC.md's Audio Feature loss: weighted MSE of RMS, crest, width, imbalance and bark spectrum.
+
+    ``loss(y, ref)`` returns the total per batch item ``(B,)``; :meth:`terms` the parts.
+    Reference features can be precomputed once with :func:`audio_features` and passed as
+    ``ref_features`` (ITO calls the loss many times against the same reference).
+    """
+
+    def __init__(self, weights: Optional[Mapping[str, float]] = None, sample_rate: float = SAMPLE_RATE):
+        super().__init__()
+        self.weights = dict(AF_WEIGHTS if weights is None else weights)
+        self.sample_rate = sample_rate
+
+    def terms(self, y: torch.Tensor, ref: Optional[torch.Tensor] = None,
+              ref_features: Optional[Mapping[str, torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
+        if ref_features is None:
+            if ref is None:
+                raise ValueError("give ref or ref_features")
+            ref_features = audio_features(ref, self.sample_rate)
+        return feature_distance(audio_features(y, self.sample_rate), ref_features, self.weights)
+
+    def forward(self, y: torch.Tensor, ref: Optional[torch.Tensor] = None,
+                ref_features: Optional[Mapping[str, torch.Tensor]] = None) -> torch.Tensor:
+        return sum(self.terms(y, ref, ref_features).values())
+
+
+def af_distance(y: np.ndarray, ref: np.ndarray, sample_rate: float = SAMPLE_RATE) -> float:
+    """AF loss between two ``(2, T)`` NumPy signals (float64), as a float."""
+    a = torch.as_tensor(np.asarray(y, dtype=np.float64)).unsqueeze(0)
+    b = torch.as_tensor(np.asarray(ref, dtype=np.float64)).unsqueeze(0)
+    with torch.no_grad():
+        return float(AudioFeatureLoss(sample_rate=sample_rate)(a, b)[0])
+
+
+# ------------------------------------------------------------------------------ evaluation measures
+
+def integrated_loudness(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> float:
+    """BS.1770 integrated loudness (LUFS) of ``(2, T)`` audio via pyloudnorm; -inf if silent."""
+    meter = pyloudnorm.Meter(sample_rate)
+    x = np.asarray(audio, dtype=np.float64).T
+    if x.shape[0] < int(0.4 * sample_rate):
+        x = np.pad(x, ((0, int(0.4 * sample_rate) - x.shape[0]), (0, 0)))
+    return float(meter.integrated_loudness(x))
+
+
+def true_peak_db(audio: np.ndarray) -> float:
+    """Peak of the 4x oversampled signal in dBTP."""
+    up = resample_poly(np.asarray(audio, dtype=np.float64), 4, 1, axis=-1)
+    return 20.0 * math.log10(max(float(np.abs(up).max()), EPS))
+
+
+def sample_peak_db(audio: np.ndarray) -> float:
+    return 20.0 * math.log10(max(float(np.abs(audio).max()), EPS))
+
+
+def hfc_onsets(channel: np.ndarray, sample_rate: int = SAMPLE_RATE, n_fft: int = 1024, hop: int = 512) -> np.ndarray:
+    """Onset sample positions from a high-frequency-content novelty function."""
+    n_frames = 1 + max(0, (len(channel) - n_fft) // hop)
+    if len(channel) < n_fft:
+        return np.zeros(0, dtype=int)
+    idx = np.arange(n_fft)[None, :] + hop * np.arange(n_frames)[:, None]
+    frames = channel[idx] * np.hanning(n_fft)[None, :]
+    mag2 = np.abs(np.fft.rfft(frames, axis=1)) ** 2
+    hfc = (mag2 * np.arange(mag2.shape[1])[None, :]).sum(1)
+    novelty = np.maximum(np.diff(np.log1p(hfc / (np.median(hfc) + EPS)), prepend=0.0), 0.0)
+    if not np.any(novelty > 0):
+        return np.zeros(0, dtype=int)
+    # Peaks: local maxima over +-3 frames (about 35 ms) above an adaptive threshold.
+    w = 3
+    padded = np.pad(novelty, w, mode="constant")
+    local_max = np.max(np.lib.stride_tricks.sliding_window_view(padded, 2 * w + 1), axis=1)
+    k = 16
+    mean_local = np.convolve(np.pad(novelty, k, mode="edge"), np.ones(2 * k + 1) / (2 * k + 1), mode="valid")
+    thresh = mean_local + 0.5 * novelty.std()
+    peaks = np.nonzero((novelty == local_max) & (novelty > thresh) & (novelty > 0))[0]
+    return peaks * hop
+
+
+def drv_db(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> float:
+    """Dynamic-range variability (dB): std of the top-quartile onset peak levels, mean over channels.
+
+    Returns NaN when a channel has fewer than 4 onsets (too little material to say).
+    """
+    win = int(0.05 * sample_rate)
+    vals = []
+    for ch in np.asarray(audio, dtype=np.float64):
+        onsets = hfc_onsets(ch, sample_rate)
+        if len(onsets) < 4:
+            return float("nan")
+        levels = np.array([20 * np.log10(np.abs(ch[o : o + win]).max() + EPS) for o in onsets])
+        top = levels[levels >= np.percentile(levels, 75)]
+        vals.append(float(np.std(top)))
+    return float(np.mean(vals))
+
+
+def analyze(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Dict[str, object]:
+    """Everything `refmaster analyze` reports for a ``(2, T)`` signal."""
+    x = torch.as_tensor(np.asarray(audio, dtype=np.float64)).unsqueeze(0)
+    with torch.no_grad():
+        f = audio_features(x, sample_rate)
+        bark_db = (20.0 / math.log(10.0)) * f["bark"][0]
+    mid_db = bark_db[0].numpy()
+    level = float(np.mean(mid_db))
+    return {
+        "duration_s": audio.shape[-1] / sample_rate,
+        "loudness_lufs": integrated_loudness(audio, sample_rate),
+        "true_peak_dbtp": true_peak_db(audio),
+        "sample_peak_dbfs": sample_peak_db(audio),
+        "rms_dbfs": float(20 * np.log10(np.sqrt(np.mean(np.square(audio, dtype=np.float64))) + EPS)),
+        "crest_db": float(f["crest"][0].mean()),
+        "width": float(f["width"][0]),
+        "imbalance": float(f["imbalance"][0]),
+        "drv_db": drv_db(audio, sample_rate),
+        "bark_centres_hz": [float(c) for c in bark_band_centres()],
+        "bark_mid_db": [float(v) - level for v in mid_db],
+        "bark_side_db": [float(v) - level for v in bark_db[1].numpy()],
+    }

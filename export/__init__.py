@@ -1,0 +1,1 @@
+"""Streaming exports of the mastering chain (ONNX, pedalboard) and their renderers."""

@@ -1,0 +1,1 @@
+"""Preset store (one JSON file per reference track) and factory presets."""
