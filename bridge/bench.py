@@ -52,3 +52,32 @@ def format_chain_bench(r: dict) -> str:
         f"  forward           {r['forward_s']:.3f} s   ({rt / r['forward_s']:.0f}x real time)",
         f"  forward+backward  {r['forward_backward_s']:.3f} s   ({rt / r['forward_backward_s']:.0f}x real time)",
     ])
+
+
+def cmd_bench(args) -> int:
+    handler = BENCH_TARGETS[args.what]
+    return handler(args)
+
+
+def _bench_chain_cmd(args) -> int:
+    import json
+
+    r = bench_chain(args.seconds, args.repeat, args.batch)
+    print(json.dumps(r, indent=2) if args.json else format_chain_bench(r))
+    return 0
+
+
+#: `refmaster bench WHAT` targets: name -> (help, add_arguments(parser), handler(args)).
+BENCH_TARGETS = {"chain": _bench_chain_cmd}
+
+
+def register(sub) -> dict:
+    p = sub.add_parser("bench", help="benchmarks (each prints its figures; see README, Measured)")
+    bsub = p.add_subparsers(dest="what", metavar="WHAT")
+    bsub.required = True
+    b = bsub.add_parser("chain", help="forward and forward+backward time of the Torch chain")
+    b.add_argument("--seconds", type=float, default=30.0)
+    b.add_argument("--repeat", type=int, default=3)
+    b.add_argument("--batch", type=int, default=1)
+    b.add_argument("--json", action="store_true")
+    return {"bench": cmd_bench}

@@ -128,3 +128,30 @@ def cmd_fxnorm_stats(args) -> int:
     print(f"{out}: {len(songs)} songs, target {stats['loudness_lufs']:.1f} LUFS, "
           f"side/mid {stats['side_mid_ratio']:.3f}")
     return 0
+
+
+def register(sub) -> dict:
+    """Add this module's subcommands to the `refmaster` parser; return name -> handler."""
+    p = sub.add_parser("params", help="list the 46 chain parameters with units and ranges")
+    p.add_argument("--json", action="store_true", help="machine-readable list")
+
+    p = sub.add_parser("analyze", help="loudness, peaks, crest, width, DRV and bark balance of a file")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true", help="machine-readable report")
+    p.add_argument("--plot", metavar="PNG", help="also save the bark balance as a plot")
+
+    p = sub.add_parser("render", help="render a file through the chain with given parameters (offline, Torch)")
+    p.add_argument("input")
+    p.add_argument("--params", required=True, metavar="FILE.json", help="chain parameters (see `refmaster params`)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help=".wav or .flac (24-bit)")
+
+    p = sub.add_parser("synth", help="write a synthesised test song")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seconds", type=float, default=20.0)
+
+    p = sub.add_parser("fxnorm-stats", help="compute the Fx-normalisation statistics from a folder of songs")
+    p.add_argument("folder")
+    p.add_argument("-o", "--output", help="where to write (default: the engine's data file)")
+    return {"params": cmd_params, "analyze": cmd_analyze, "render": cmd_render, "synth": cmd_synth,
+            "fxnorm-stats": cmd_fxnorm_stats}

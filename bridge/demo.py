@@ -45,3 +45,16 @@ def run_demo(out_dir: Path, seconds: float = 20.0, seed: int = 7) -> Path:
         print(f"note: {clipped} samples clipped at full scale in master.wav")
     print(f"\nwrote {out_dir}/: input.wav, master.wav, params.json, analysis.png")
     return out_dir
+
+
+def register(sub) -> dict:
+    p = sub.add_parser("demo", help="synthesise a song and master it with a built-in setting")
+    p.add_argument("-o", "--output", default="refmaster-demo", help="output folder")
+    p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--seed", type=int, default=7)
+    return {"demo": cmd_demo}
+
+
+def cmd_demo(args) -> int:
+    run_demo(Path(args.output), args.seconds, args.seed)
+    return 0
