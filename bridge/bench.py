@@ -67,8 +67,20 @@ def _bench_chain_cmd(args) -> int:
     return 0
 
 
+def _bench_osc_cmd(args) -> int:
+    from .osc_bench import cmd_bench_osc
+
+    return cmd_bench_osc(args)
+
+
+def _bench_render_cmd(args) -> int:
+    from .render_bench import cmd_bench_render
+
+    return cmd_bench_render(args)
+
+
 #: `refmaster bench WHAT` targets: name -> (help, add_arguments(parser), handler(args)).
-BENCH_TARGETS = {"chain": _bench_chain_cmd}
+BENCH_TARGETS = {"chain": _bench_chain_cmd, "osc": _bench_osc_cmd, "render": _bench_render_cmd}
 
 
 def register(sub) -> dict:
@@ -80,4 +92,12 @@ def register(sub) -> dict:
     b.add_argument("--repeat", type=int, default=3)
     b.add_argument("--batch", type=int, default=1)
     b.add_argument("--json", action="store_true")
+    from .osc_bench import add_arguments as _osc_bench_arguments
+
+    b = bsub.add_parser("osc", help="OSC server under load while the live engine renders (missed deadlines, latency)")
+    _osc_bench_arguments(b)
+    from .render_bench import add_arguments as _render_bench_arguments
+
+    b = bsub.add_parser("render", help="streaming backends: real-time factor and p99 block time, one thread")
+    _render_bench_arguments(b)
     return {"bench": cmd_bench}

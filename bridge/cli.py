@@ -20,6 +20,13 @@ COMMAND_MODULES = [
     "bridge.commands",
     "bridge.bench",
     "bridge.demo",
+    "bridge.train_cmd",
+    "bridge.master_cmd",
+    "bridge.eval_cmd",
+    "bridge.preset_cmd",
+    "bridge.osc_cmd",
+    "bridge.serve_cmd",
+    "bridge.export_cmd",
 ]
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from engine import params as P
-from engine.audio_io import READ_EXTENSIONS, SAMPLE_RATE, load_audio, resample, write_audio
+from engine.audio_io import READ_EXTENSIONS, load_audio, write_audio
 from engine.errors import AudioError, ParamError, RefmasterError
 
 
@@ -73,26 +73,51 @@ def render_offline(audio: np.ndarray, chain: P.ChainParams) -> np.ndarray:
     return y[0].numpy()
 
 
-def cmd_render(args) -> int:
-    from engine.features import integrated_loudness, true_peak_db
+def chain_source(args) -> P.ChainParams:
+    """Θ + switches for `render`/`export`: ``--params FILE``, ``--preset NAME`` or, for `render`,
+    the parameters stored in the ``--onnx``/``--pedalboard`` file it is given."""
+    params_file, preset = getattr(args, "params", None), getattr(args, "preset", None)
+    if params_file and preset:
+        raise RefmasterError("give --params FILE or --preset NAME, not both")
+    if params_file:
+        return load_chain_params(params_file)
+    if preset:
+        from presets import PresetStore
 
-    chain = load_chain_params(args.params)  # parameter problems first: cheaper than decoding audio
+        return PresetStore(getattr(args, "presets", None)).get(preset).chain
+    if getattr(args, "onnx", None):
+        from export.streaming import onnx_file_params
+
+        return onnx_file_params(args.onnx)
+    if getattr(args, "pedalboard", None):
+        from export.pedalboard_chain import PedalboardSettings
+
+        return PedalboardSettings.load(args.pedalboard).params
+    raise RefmasterError("give the chain parameters: --params FILE or --preset NAME")
+
+
+def cmd_render(args) -> int:
+    """Stream INPUT through the chain (any backend) to OUT, in bounded memory."""
+    from export.render import render_file
+    from export.streaming import make_chain
+
+    chain = chain_source(args)  # parameter problems first: cheaper than decoding audio
+    if args.onnx and args.backend != "onnx":
+        raise RefmasterError("--onnx FILE needs --backend onnx")
+    if args.pedalboard and args.backend != "pedalboard":
+        raise RefmasterError("--pedalboard FILE needs --backend pedalboard")
     out = Path(args.output)
     if out.suffix.lower() not in (".wav", ".flac"):
         raise AudioError(f"{out}: output must be .wav or .flac")
-    loaded = load_audio(args.input)
-    y = render_offline(loaded.audio, chain)
-    if loaded.source_rate != SAMPLE_RATE:
-        y = resample(y, SAMPLE_RATE, loaded.source_rate)
-    n = loaded.source_frames
-    y = np.pad(y, ((0, 0), (0, max(0, n - y.shape[1]))))[:, :n]
-    clipped = write_audio(out, y, loaded.source_rate)
-    before = integrated_loudness(loaded.audio)
-    after = integrated_loudness(resample(y, loaded.source_rate) if loaded.source_rate != SAMPLE_RATE else y)
-    print(f"rendered {loaded.path.name} -> {out}  ({loaded.seconds:.1f} s, {loaded.source_rate} Hz, 24-bit)")
-    print(f"loudness {before:.1f} -> {after:.1f} LUFS, true peak {true_peak_db(y):.1f} dBTP")
-    if clipped:
-        print(f"warning: {clipped} samples exceeded full scale and were clipped in the file "
+    if args.block < 1:
+        raise RefmasterError(f"--block must be at least 1, got {args.block}")
+    streaming = make_chain(args.backend, chain, onnx_model=args.onnx, pedalboard_settings=args.pedalboard)
+    r = render_file(args.input, out, streaming, block=args.block)
+    print(f"rendered {r.input.name} -> {out}  ({r.seconds:.1f} s, {r.source_rate} Hz, 24-bit; "
+          f"{r.backend} backend, {r.block}-sample blocks, {r.realtime_factor:.0f}x real time)")
+    print(f"loudness {r.loudness_in:.1f} -> {r.loudness_out:.1f} LUFS, true peak {r.true_peak_db:.1f} dBTP")
+    if r.clipped:
+        print(f"warning: {r.clipped} samples exceeded full scale and were clipped in the file "
               f"(lower gain.gain or limiter.threshold)", file=sys.stderr)
     return 0
 
@@ -140,9 +165,18 @@ def register(sub) -> dict:
     p.add_argument("--json", action="store_true", help="machine-readable report")
     p.add_argument("--plot", metavar="PNG", help="also save the bark balance as a plot")
 
-    p = sub.add_parser("render", help="render a file through the chain with given parameters (offline, Torch)")
+    p = sub.add_parser("render", help="render a file through the chain, streaming (Torch, ONNX or pedalboard)")
     p.add_argument("input")
-    p.add_argument("--params", required=True, metavar="FILE.json", help="chain parameters (see `refmaster params`)")
+    p.add_argument("--params", metavar="FILE.json", help="chain parameters (see `refmaster params`)")
+    p.add_argument("--preset", metavar="NAME", help="chain parameters of a saved preset")
+    p.add_argument("--presets", metavar="DIR", help="preset folder (default: see `refmaster preset list`)")
+    p.add_argument("--backend", choices=("torch", "onnx", "pedalboard"), default="torch",
+                   help="torch: the reference render; onnx: the exact streaming graph; pedalboard: native "
+                        "plugins, calibrated (default: torch)")
+    p.add_argument("--block", type=int, default=512, metavar="N", help="samples per block at 44.1 kHz (default 512)")
+    p.add_argument("--onnx", metavar="FILE.onnx", help="an exported ONNX chain to run (with --backend onnx)")
+    p.add_argument("--pedalboard", metavar="FILE.json",
+                   help="calibrated pedalboard settings from `refmaster export --pedalboard` (with --backend pedalboard)")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help=".wav or .flac (24-bit)")
 
     p = sub.add_parser("synth", help="write a synthesised test song")

@@ -76,3 +76,88 @@ def plot_analysis(path, results: Sequence[Dict[str, object]], names: Sequence[st
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def params_change_table(before, after) -> str:
+    """Θ in real units by module, with the value before ITO where it moved noticeably."""
+    from engine import params as P
+
+    lines = [f"{'parameter':<34}{'value':>10}  {'unit':<5}{'before ITO':>12}"]
+    current = None
+    for p in P.PARAMS:
+        if p.module != current:
+            current = p.module
+            lines.append(f"{P.MODULE_TITLES[p.module]} ({p.module})")
+        v = after.values[p.key]
+        moved = ""
+        if before is not None:
+            b = before.values[p.key]
+            if abs(p.to_normalized(v) - p.to_normalized(b)) > 0.01:
+                moved = f"{_num(b):>12}"
+        lines.append(f"  {p.key:<32}{_num(v):>10}  {p.unit:<5}{moved}")
+    return "\n".join(lines)
+
+
+def _num(v: float) -> str:
+    return f"{v:.0f}" if abs(v) >= 1000 else f"{v:.3g}"
+
+
+def short_term_loudness(audio, sample_rate: int = 44100, window: float = 3.0, hop: float = 1.0):
+    """(times, LUFS) over 3 s windows every second (BS.1770 short-term loudness)."""
+    import numpy as np
+    import pyloudnorm
+
+    meter = pyloudnorm.Meter(sample_rate)
+    n, h = int(window * sample_rate), int(hop * sample_rate)
+    times, values = [], []
+    for s in range(0, max(1, audio.shape[1] - n + 1), h):
+        seg = audio[:, s : s + n].astype(np.float64).T
+        if seg.shape[0] < int(0.4 * sample_rate):
+            break
+        values.append(meter.integrated_loudness(seg))
+        times.append((s + n / 2) / sample_rate)
+    return np.array(times), np.array(values)
+
+
+def plot_master(path, x, y, ref, analyses) -> None:
+    """Input / master / reference: bark balance, short-term loudness, crest and width."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = ["input", "master", "reference"]
+    colours = ["#888888", "#d62728", "#1f77b4"]
+    fig, ax = plt.subplots(2, 2, figsize=(12, 7))
+    for a, n, c in zip(analyses, names, colours):
+        level = np.array(a["bark_mid_db"])
+        ax[0, 0].semilogx(a["bark_centres_hz"], level, "o-", ms=3, color=c, label=n)
+    ax[0, 0].set_title("spectral balance (bark bands, mid; dB re. mean band)")
+    ax[0, 0].set_xlabel("Hz")
+    ax[0, 0].legend()
+    for sig, n, c in zip((x, y, ref), names, colours):
+        t, l = short_term_loudness(sig)
+        ax[0, 1].plot(t, np.where(np.isfinite(l), l, np.nan), color=c, label=f"{n} ({_fmtl(l)})")
+    ax[0, 1].set_title("short-term loudness (3 s windows)")
+    ax[0, 1].set_xlabel("s")
+    ax[0, 1].set_ylabel("LUFS")
+    ax[0, 1].legend()
+    crest = [a["crest_db"] for a in analyses]
+    width = [a["width"] for a in analyses]
+    ax[1, 0].bar(names, crest, color=colours)
+    ax[1, 0].set_title("crest factor (dB): lower is denser")
+    ax[1, 1].bar(names, width, color=colours)
+    ax[1, 1].set_title("stereo width (side/mid energy)")
+    for a in ax.flat:
+        a.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _fmtl(values) -> str:
+    import numpy as np
+
+    v = values[np.isfinite(values)]
+    return f"median {np.median(v):.1f} LUFS" if len(v) else "silent"

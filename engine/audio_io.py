@@ -87,37 +87,59 @@ def resample(audio: np.ndarray, source_rate: int, target_rate: int = SAMPLE_RATE
     return y.astype(np.float32)
 
 
-def load_audio(path: PathLike, min_seconds: float = MIN_SECONDS, allow_silent: bool = False) -> LoadedAudio:
-    """Decode ``path`` to stereo float32 at 44.1 kHz or raise :class:`AudioError`."""
-    p = Path(path)
-    if not p.exists():
-        raise AudioError(f"{p}: no such file")
-    if p.is_dir():
-        raise AudioError(f"{p}: is a folder, not an audio file")
-    size = p.stat().st_size
-    if size == 0:
-        raise AudioError(f"{p}: file is empty")
-    try:
-        with sf.SoundFile(str(p)) as f:
-            declared_frames, rate, channels, fmt = f.frames, f.samplerate, f.channels, f.format
-            data = f.read(dtype="float32", always_2d=True)
-    except sf.LibsndfileError as e:
+def decode_error(p: Path, e: Exception) -> AudioError:
+    """The one-line error for an exception soundfile raised while opening or reading ``p``."""
+    if isinstance(e, sf.LibsndfileError):
         msg = str(e.error_string if hasattr(e, "error_string") else e).strip().rstrip(".")
-        raise AudioError(f"{p}: cannot decode audio ({msg}); the file is corrupt, truncated or not a supported format "
-                         f"({', '.join(x.lstrip('.') for x in READ_EXTENSIONS)})") from None
-    except (RuntimeError, OSError, ValueError) as e:
-        raise AudioError(f"{p}: cannot read audio ({e})") from None
+        return AudioError(f"{p}: cannot decode audio ({msg}); the file is corrupt, truncated or not a supported format "
+                          f"({', '.join(x.lstrip('.') for x in READ_EXTENSIONS)})")
+    return AudioError(f"{p}: cannot read audio ({e})")
+
+
+def check_header(path: PathLike, channels: int, fmt: str) -> None:
+    """Checks that need only the header: channel count and (wav/aiff) declared vs present bytes."""
+    p = Path(path)
     if channels > 2:
         raise AudioError(f"{p}: has {channels} channels; refmaster takes mono or stereo files (mix down to stereo first)")
+    size = p.stat().st_size
     declared = _declared_riff_bytes(p, size) if fmt in ("WAV", "WAVEX", "AIFF", "AIFC") else None
     if declared is not None:
         offset, nbytes = declared
         if offset + nbytes > size:
             raise AudioError(f"{p}: file is truncated (header declares {nbytes} bytes of audio, "
                              f"only {max(size - offset, 0)} present)")
-    if fmt == "MP3" and declared_frames > 0 and data.shape[0] < 0.98 * declared_frames:
-        raise AudioError(f"{p}: file is truncated (header declares {declared_frames / rate:.1f} s, "
-                         f"only {data.shape[0] / rate:.1f} s decode)")
+
+
+def check_path(path: PathLike) -> Path:
+    """Missing, a folder or empty: one clear :class:`AudioError`; else the path."""
+    p = Path(path)
+    if not p.exists():
+        raise AudioError(f"{p}: no such file")
+    if p.is_dir():
+        raise AudioError(f"{p}: is a folder, not an audio file")
+    if p.stat().st_size == 0:
+        raise AudioError(f"{p}: file is empty")
+    return p
+
+
+def check_mp3_length(path: PathLike, fmt: str, declared_frames: int, decoded_frames: int, rate: int) -> None:
+    """libsndfile quietly shortens a truncated mp3: compare with the frame count it declared."""
+    if fmt == "MP3" and declared_frames > 0 and decoded_frames < 0.98 * declared_frames:
+        raise AudioError(f"{Path(path)}: file is truncated (header declares {declared_frames / rate:.1f} s, "
+                         f"only {decoded_frames / rate:.1f} s decode)")
+
+
+def load_audio(path: PathLike, min_seconds: float = MIN_SECONDS, allow_silent: bool = False) -> LoadedAudio:
+    """Decode ``path`` to stereo float32 at 44.1 kHz or raise :class:`AudioError`."""
+    p = check_path(path)
+    try:
+        with sf.SoundFile(str(p)) as f:
+            declared_frames, rate, channels, fmt = f.frames, f.samplerate, f.channels, f.format
+            data = f.read(dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as e:
+        raise decode_error(p, e) from None
+    check_header(p, channels, fmt)
+    check_mp3_length(p, fmt, declared_frames, data.shape[0], rate)
     if data.shape[0] == 0:
         raise AudioError(f"{p}: contains no audio samples")
     if not np.isfinite(data).all():

@@ -31,6 +31,10 @@ CHAIN_LATENCY = 2 * DYNAMICS_LATENCY
 _EQ_BANDS = (("low_shelf", "low_shelf"), ("band0", "peaking"), ("band1", "peaking"),
              ("band2", "peaking"), ("band3", "peaking"), ("high_shelf", "high_shelf"))
 _MB_BANDS = ("low", "mid", "high")
+#: The EQ's sections in order, ``(parameter prefix, filter kind)`` (public for the exporters).
+EQ_BANDS = _EQ_BANDS
+#: The multiband compressor's bands in order (public for the exporters).
+MB_BANDS = _MB_BANDS
 
 
 def _col(params: torch.Tensor, key: str) -> torch.Tensor:

@@ -77,10 +77,14 @@ def frame_peak(x: torch.Tensor) -> torch.Tensor:
     return _framed(x).abs().amax(dim=(1, 3))
 
 
+def rms_coef(sample_rate: float) -> float:
+    """torchcomp ``avg`` coefficient of the RMS detector (:data:`RMS_WINDOW_MS` at the control rate)."""
+    return ms2coef(torch.tensor(RMS_WINDOW_MS, dtype=torch.float64), sample_rate / CONTROL_HOP).item()
+
+
 def rms_power(x: torch.Tensor, sample_rate: float) -> torch.Tensor:
     """RMS detector: frame power averaged over :data:`RMS_WINDOW_MS`: ``(B, C, T)`` -> ``(B, F)``."""
-    coef = ms2coef(torch.tensor(RMS_WINDOW_MS, dtype=torch.float64), sample_rate / CONTROL_HOP).item()
-    return avg(frame_power(x), coef)
+    return avg(frame_power(x), rms_coef(sample_rate))
 
 
 def time_coef(ms: torch.Tensor, sample_rate: float) -> torch.Tensor:

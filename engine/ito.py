@@ -1,0 +1,211 @@
+"""Inference-time optimisation (ITO): refine the reference embedding z_ref with Ψ frozen.
+
+SPEC.md: ``z ← z − η ∇ L_aux(Ψ(x_in, z), x_ref)`` with RAdam, up to 100 steps, stopping when the
+loss rises (with a configurable patience) and keeping the best step. The objective is any
+differentiable function of the output audio; the default is the Audio Feature loss against the
+ITO reference (which may be a different song from the style reference: merging styles).
+
+Fast ITO: Θ is global, so instead of the whole track we optimise on a few representative
+excerpts (:func:`choose_excerpts`: the loudest, the quietest-but-musical and the spectrally most
+typical windows) and render the full track once at the end with the best Θ. The excerpts are
+processed as one batch; Ψ's prediction on them is pooled over all their frames, so it is one Θ.
+
+The baseline of the paper, ITO directly on Θ (:func:`optimize_params`), optimises the 46
+normalised parameters (through a logit, so they stay in range) with the same objective.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from . import params as P
+from .chain import SAMPLE_RATE, render_chain
+from .features import AudioFeatureLoss, audio_features
+from .frontend import spectral_features
+from .models import MasteringModel
+
+Objective = Callable[[torch.Tensor], torch.Tensor]  # (B, 2, T) audio -> scalar loss
+
+
+@dataclass
+class ITOResult:
+    """What ITO found: the best embedding (or Θ), its parameters and the loss per step."""
+
+    z: Optional[torch.Tensor]          # (1, E) best embedding (None for ITO on Θ)
+    theta: Optional[torch.Tensor]      # (46,) real-unit parameters at the best step (white-box)
+    losses: List[float]                # objective per step (step 0 = before any update)
+    best_step: int
+    steps_run: int
+    seconds: float
+    theta_start: Optional[torch.Tensor] = None
+
+    def moved(self, top: int = 5) -> List[Tuple[str, float, float]]:
+        """The ``top`` parameters that moved most (in normalised units): (key, from, to) in real units."""
+        if self.theta is None or self.theta_start is None:
+            return []
+        d = (P.normalize_tensor(self.theta.double()) - P.normalize_tensor(self.theta_start.double())).abs()
+        idx = torch.argsort(d, descending=True)[:top]
+        return [(P.PARAM_KEYS[i], float(self.theta_start[i]), float(self.theta[i])) for i in idx.tolist()]
+
+
+def choose_excerpts(audio: np.ndarray, seconds: float = 2.5, count: int = 3) -> List[Tuple[int, int]]:
+    """Representative windows of a track for fast ITO: ``[(start, length), ...]`` in samples.
+
+    Candidates are hop-spaced windows; we take the loudest, the one closest to the track's
+    median loudness, and the one whose spectral centroid is closest to the track's median,
+    avoiding overlaps. A track shorter than ``count * seconds`` is used whole.
+    """
+    n = int(seconds * SAMPLE_RATE)
+    T = audio.shape[1]
+    if T <= n * count:
+        return [(0, T)]
+    hop = n // 2
+    starts = np.arange(0, T - n + 1, hop)
+    mono = audio.mean(0).astype(np.float64)
+    rms, cent = [], []
+    freqs = np.fft.rfftfreq(4096, 1 / SAMPLE_RATE)
+    for s in starts:
+        w = mono[s : s + n]
+        rms.append(10 * np.log10(np.mean(w ** 2) + 1e-12))
+        spec = np.abs(np.fft.rfft(w[: 4096 * (len(w) // 4096)].reshape(-1, 4096) * np.hanning(4096), axis=1)).mean(0)
+        cent.append(float((spec * freqs).sum() / (spec.sum() + 1e-12)))
+    rms, cent = np.array(rms), np.array(cent)
+    order = [int(np.argmax(rms)), int(np.argmin(np.abs(rms - np.median(rms)))),
+             int(np.argmin(np.abs(cent - np.median(cent)) + 1e3 * (rms < np.median(rms) - 20)))]
+    chosen: List[int] = []
+    for i in order + list(np.argsort(-rms)):
+        if all(abs(int(starts[i]) - int(starts[j])) >= n for j in chosen):
+            chosen.append(int(i))
+        if len(chosen) == count:
+            break
+    return sorted((int(starts[i]), n) for i in chosen)
+
+
+def excerpt_batch(audio: np.ndarray, windows: Sequence[Tuple[int, int]]) -> torch.Tensor:
+    """Stack equal-length windows as a batch ``(K, 2, n)`` (a single whole-track window as (1, 2, T))."""
+    return torch.from_numpy(np.stack([audio[:, s : s + n] for s, n in windows]))
+
+
+def af_objective(reference: torch.Tensor, weights: Optional[Dict[str, float]] = None) -> Objective:
+    """The default L_aux: Audio Feature loss of the output against a reference ``(1, 2, T)``.
+
+    The output excerpts (K, 2, n) are joined end to end before features are taken, so the
+    loss compares one set of features (of the whole optimised material) with the reference's.
+    """
+    loss = AudioFeatureLoss(weights)
+    with torch.no_grad():
+        ref_feats = audio_features(reference)
+
+    def objective(y: torch.Tensor) -> torch.Tensor:
+        joined = y.permute(1, 0, 2).reshape(1, 2, -1)
+        return loss(joined, ref_features=ref_feats)[0]
+
+    return objective
+
+
+class FrozenWhiteBox:
+    """Ψ with its input fixed: precomputes x_in's features once, maps z -> (Θ, rendered excerpts)."""
+
+    def __init__(self, model: MasteringModel, x: torch.Tensor):
+        self.model, self.x = model, x
+        with torch.no_grad():
+            f = spectral_features(x)  # (K, F, frames): pool all excerpts' frames into one Θ
+        self.feats = f.permute(1, 0, 2).reshape(1, f.shape[1], -1)
+
+    def theta(self, z: torch.Tensor) -> torch.Tensor:
+        n = self.model.converter.predict_from_features(self.feats, z)
+        return P.denormalize_tensor(n)[0]
+
+    def render(self, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        th = self.theta(z)
+        return render_chain(self.x, th, check_params=False), th
+
+
+def optimize_embedding(model: MasteringModel, x: torch.Tensor, z0: torch.Tensor, objective: Objective,
+                       steps: int = 100, lr: float = 1e-3, patience: int = 5,
+                       on_step: Optional[Callable[[int, float], None]] = None) -> ITOResult:
+    """ITO on z_ref with Ψ frozen. ``x``: (K, 2, n) excerpts (or the whole track as K = 1).
+
+    Stops after ``steps`` updates or when the loss has not improved for ``patience`` steps;
+    returns the best step's embedding and Θ. ``on_step(step, loss)`` is called after each
+    evaluation (progress bars, OSC feedback).
+    """
+    t0 = time.time()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    z = z0.detach().clone().requires_grad_(True)
+    opt = torch.optim.RAdam([z], lr=lr)
+    white = model.kind == "white-box"
+    frozen = FrozenWhiteBox(model, x) if white else None
+    losses: List[float] = []
+    best, best_z, best_theta, best_step, since_best = math.inf, z0.detach().clone(), None, 0, 0
+    theta_start = None
+    step = 0
+    for step in range(steps + 1):
+        if white:
+            y, th = frozen.render(z)
+        else:
+            y, th = model.converter(x, z.expand(x.shape[0], -1))[0], None
+        loss = objective(y)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise ArithmeticError(f"ITO: objective became {value} at step {step}")
+        losses.append(value)
+        if th is not None and theta_start is None:
+            theta_start = th.detach().clone()
+        if on_step:
+            on_step(step, value)
+        if value < best:
+            best, best_z, best_step, since_best = value, z.detach().clone(), step, 0
+            best_theta = th.detach().clone() if th is not None else None
+        else:
+            since_best += 1
+            if since_best >= patience:
+                break
+        if step == steps:
+            break
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return ITOResult(best_z, best_theta, losses, best_step, step, time.time() - t0, theta_start)
+
+
+def optimize_params(x: torch.Tensor, theta0: torch.Tensor, objective: Objective, steps: int = 2000,
+                    lr: float = 1e-2, patience: int = 50,
+                    on_step: Optional[Callable[[int, float], None]] = None) -> ITOResult:
+    """The paper's baseline: ITO directly on Θ (46 normalised parameters through a logit)."""
+    t0 = time.time()
+    n0 = P.normalize_tensor(theta0.double()).clamp(1e-3, 1 - 1e-3)
+    logit = torch.log(n0 / (1 - n0)).float().requires_grad_(True)
+    opt = torch.optim.RAdam([logit], lr=lr)
+    losses: List[float] = []
+    best, best_theta, best_step, since_best, step = math.inf, theta0.clone(), 0, 0, 0
+    for step in range(steps + 1):
+        th = P.denormalize_tensor(torch.sigmoid(logit))
+        loss = objective(render_chain(x, th, check_params=False))
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise ArithmeticError(f"ITO on Θ: objective became {value} at step {step}")
+        losses.append(value)
+        if on_step:
+            on_step(step, value)
+        if value < best:
+            best, best_theta, best_step, since_best = value, th.detach().clone(), step, 0
+        else:
+            since_best += 1
+            if since_best >= patience:
+                break
+        if step == steps:
+            break
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return ITOResult(None, best_theta, losses, best_step, step, time.time() - t0, theta0.detach().clone())

@@ -1,0 +1,236 @@
+"""ITO, nudges, `master`, `demo`, `eval` and the OSC ITO hook, with the shipped white-box model."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from bridge.cli import main
+from engine import params as P
+from engine.features import audio_features, bark_band_centres
+from engine.ito import af_objective, choose_excerpts, excerpt_batch, optimize_embedding, optimize_params
+from engine.mastering import MasterSettings, master
+from engine.models import MasteringModel, default_weights
+from engine.nudge import NUDGES, nudge_targets, parse_nudges
+from engine.synth import synth_song
+
+pytestmark = pytest.mark.skipif(not default_weights("white-box").exists(),
+                                reason="shipped white-box weights missing (train with `refmaster train`)")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return MasteringModel.load(default_weights("white-box"))
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return synth_song(21, 6.0), synth_song(22, 6.0) * 1.6
+
+
+def test_excerpts_are_representative_and_disjoint():
+    x = synth_song(4, 30.0)
+    w = choose_excerpts(x, 2.5, 3)
+    assert len(w) == 3 and all(n == int(2.5 * 44100) for _, n in w)
+    starts = sorted(s for s, _ in w)
+    assert all(b - a >= int(2.5 * 44100) for a, b in zip(starts, starts[1:]))
+    assert all(0 <= s and s + n <= x.shape[1] for s, n in w)
+    assert choose_excerpts(x[:, :44100 * 5], 2.5, 3) == [(0, 44100 * 5)]
+
+
+def test_ito_keeps_the_best_step_and_stops_with_patience(model, pair):
+    x, ref = pair
+    xb = excerpt_batch(x, choose_excerpts(x, 2.0, 2))
+    z0 = model.embed(torch.from_numpy(ref).unsqueeze(0)).detach()
+    obj = af_objective(torch.from_numpy(ref).unsqueeze(0))
+    r = optimize_embedding(model, xb, z0, obj, steps=15, lr=5e-2, patience=3)
+    assert r.losses[r.best_step] == min(r.losses) and r.steps_run <= 15
+    assert min(r.losses) <= r.losses[0]
+    after_best = r.losses[r.best_step + 1 :]
+    assert len(after_best) <= 3 or r.steps_run == 15
+    assert r.theta.shape == (46,) and len(r.moved()) == 5
+    P.check_tensor(r.theta)
+
+
+def test_ito_on_theta_lowers_the_loss(model, pair):
+    x, ref = pair
+    xb = excerpt_batch(x, [(0, 88200)])
+    th0 = P.default_tensor()
+    r = optimize_params(xb, th0, af_objective(torch.from_numpy(ref).unsqueeze(0)), steps=25, lr=5e-2, patience=25)
+    assert min(r.losses) < 0.9 * r.losses[0]
+
+
+def test_master_output_and_ito_improves(model, pair):
+    x, ref = pair
+    a = master(model, x, ref, MasterSettings(ito=False))
+    b = master(model, x, ref, MasterSettings(ito_steps=20))
+    for r in (a, b):
+        assert r.output.shape == x.shape and np.isfinite(r.output).all()
+    assert min(b.ito.losses) <= b.ito.losses[0]
+    assert b.chain is not None and len(b.z_ref) == model.cfg.embed_dim
+
+
+FEATURE_CHECKS = {
+    "brighter": lambda a, b: _band(b, 4000) - _band(a, 4000),
+    "darker": lambda a, b: _band(a, 4000) - _band(b, 4000),
+    "more air": lambda a, b: _band(b, 12000) - _band(a, 12000),
+    "warmer": lambda a, b: (_band(b, 300, 120) - _band(b, 6000)) - (_band(a, 300, 120) - _band(a, 6000)),
+    "less harsh": lambda a, b: _band(a, 4000, 2000, 6000) - _band(b, 4000, 2000, 6000),
+    "wider": lambda a, b: float(b["width"] - a["width"]),
+    "narrower": lambda a, b: float(a["width"] - b["width"]),
+    "louder": lambda a, b: float(b["rms"].mean() - a["rms"].mean()),
+    "quieter": lambda a, b: float(a["rms"].mean() - b["rms"].mean()),
+    "punchier": lambda a, b: float(b["crest"].mean() - a["crest"].mean()),
+    "smoother": lambda a, b: float(a["crest"].mean() - b["crest"].mean()),
+}
+
+
+def _band(f, lo, lo2=None, hi=22050):
+    c = bark_band_centres()
+    sel = torch.tensor((c >= (lo2 or lo)) & (c <= hi))
+    return float(f["bark"][0, 0, sel].mean())
+
+
+def test_every_word_has_a_check_and_parsing_rejects_unknown():
+    assert set(FEATURE_CHECKS) == set(NUDGES)
+    assert parse_nudges("Brighter,  wider ; punchier") == ["brighter", "wider", "punchier"]
+    from engine.errors import RefmasterError
+
+    with pytest.raises(RefmasterError, match="sparkly"):
+        parse_nudges("brighter, sparkly")
+
+
+@pytest.mark.slow
+def test_each_nudge_moves_its_feature_on_most_songs(model):
+    songs = [synth_song(s, 3.0) for s in (31, 32, 33, 34, 35)]
+    failures = {}
+    for word, check in FEATURE_CHECKS.items():
+        ok = 0
+        for x in songs:
+            r = master(model, x, None, MasterSettings(ito=False, nudge=word, nudge_steps=25),
+                       z_start=model.embed(torch.from_numpy(x * 1.3).unsqueeze(0))[0].detach().numpy())
+            before = audio_features(torch.from_numpy(_render(x, r.chain_before_ito)).unsqueeze(0))
+            after = audio_features(torch.from_numpy(r.output).unsqueeze(0))
+            ok += check(before, after) > 0
+        if ok < 4:
+            failures[word] = ok
+    assert not failures, f"nudges that moved their feature on fewer than 4 of 5 songs: {failures}"
+
+
+def _render(x, chain):
+    from engine.chain import render_chain
+    from engine.fxnorm import fx_normalize
+
+    p, s = chain.to_tensors()
+    with torch.no_grad():
+        return render_chain(torch.from_numpy(fx_normalize(x)).unsqueeze(0), p, s)[0].numpy()
+
+
+# ------------------------------------------------------------------ the command line
+
+@pytest.fixture
+def files(tmp_path, pair):
+    x, ref = pair
+    sf.write(tmp_path / "in.wav", x.T, 44100, subtype="PCM_24")
+    sf.write(tmp_path / "ref.flac", ref.T, 44100, subtype="PCM_24")
+    return tmp_path
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_master_cli_writes_master_preset_plot_json(capsys, files):
+    out = files / "m.wav"
+    code, stdout, err = run(capsys, "master", files / "in.wav", "--ref", files / "ref.flac", "-o", out,
+                            "--ito-steps", "8", "--presets", files / "presets", "--plot", files / "p.png", "--json")
+    assert code == 0, err
+    r = json.loads(stdout)
+    assert sf.info(out).frames == sf.info(files / "in.wav").frames and sf.info(out).subtype == "PCM_24"
+    assert Path(r["preset"]).exists() and (files / "p.png").stat().st_size > 10000
+    assert r["ito"]["steps_run"] <= 8 and r["params"]["schema"] == P.SCHEMA_TAG
+    # the preset is found again by the reference's audio, and can be the starting point
+    code, _, err = run(capsys, "master", files / "in.wav", "--ref", files / "ref.flac", "-o", out, "--no-ito",
+                       "--presets", files / "presets", "--from-preset")
+    assert code == 0 and "starting from preset 'ref'" in err
+
+
+def test_master_cli_nudge_and_baseline(capsys, files):
+    code, out, err = run(capsys, "master", files / "in.wav", "--ref", files / "ref.flac", "-o", files / "n.wav",
+                         "--no-ito", "--nudge", "brighter, wider", "--presets", files / "p")
+    assert code == 0, err and "nudge (brighter, wider)" in out
+    code, out, err = run(capsys, "master", files / "in.wav", "--ref", files / "ref.flac", "-o", files / "t.wav",
+                         "--ito-target", "params", "--ito-steps", "10", "--presets", files / "p")
+    assert code == 0, err and "ITO (params)" in out
+
+
+def _bad(kind, tmp_path, good):
+    f = tmp_path / f"bad-{kind}.wav"
+    if kind == "missing":
+        return tmp_path / "nope.wav"
+    if kind == "corrupt":
+        f.write_bytes(b"RIFF" + bytes(range(256)) * 8)
+    elif kind == "silent":
+        sf.write(f, np.zeros((44100 * 2, 2)), 44100)
+    elif kind == "short":
+        sf.write(f, good[:, : 44100 // 2].T, 44100)
+    elif kind == "six":
+        sf.write(f, np.tile(good[:1, :88200].T, (1, 6)), 44100)
+    return f
+
+
+@pytest.mark.parametrize("kind", ["missing", "corrupt", "silent", "short", "six"])
+@pytest.mark.parametrize("which", ["input", "reference"])
+def test_master_cli_bad_files_are_one_line(capsys, files, pair, kind, which):
+    bad = _bad(kind, files, pair[0])
+    good_in, good_ref = files / "in.wav", files / "ref.flac"
+    args = (bad, good_ref) if which == "input" else (good_in, bad)
+    code, out, err = run(capsys, "master", args[0], "--ref", args[1], "-o", files / "o.wav", "--presets", files / "p")
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("refmaster: error:")
+    assert not (files / "o.wav").exists()
+
+
+def test_master_cli_mono_one_second_identical_and_noise(capsys, files, pair):
+    x = pair[0]
+    sf.write(files / "mono.wav", x[0, : 44100 * 3], 44100)
+    sf.write(files / "one.wav", x[:, :44100].T, 44100)
+    sf.write(files / "noise.wav", 0.2 * np.random.default_rng(0).standard_normal((44100 * 4, 2)), 44100)
+    for inp, ref in (("mono.wav", "ref.flac"), ("one.wav", "ref.flac"), ("in.wav", "in.wav"), ("in.wav", "noise.wav")):
+        code, _, err = run(capsys, "master", files / inp, "--ref", files / ref, "-o", files / "o.wav",
+                           "--ito-steps", "5", "--presets", files / f"p-{inp}-{ref}")
+        assert code == 0, (inp, ref, err)
+        y, _ = sf.read(files / "o.wav")
+        assert np.isfinite(y).all() and y.shape[0] == sf.info(files / inp).frames
+
+
+def test_ctrl_c_during_ito_leaves_no_output(capsys, files, monkeypatch):
+    import engine.mastering as M
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(M, "optimize_embedding", interrupted)
+    code, _, err = run(capsys, "master", files / "in.wav", "--ref", files / "ref.flac", "-o", files / "o.wav",
+                       "--presets", files / "p")
+    assert code == 130 and "interrupted" in err
+    assert not (files / "o.wav").exists() and not list(files.glob(".o.wav*"))
+
+
+def test_osc_ito_and_nudge_hooks(pair):
+    from bridge.osc_server import ItoRequest
+    from bridge.serve_cmd import ito_handlers
+
+    x, ref = pair
+    run_ito, nudge = ito_handlers(None, x, ref)
+    seen = []
+    req = ItoRequest("run", 5, None, P.ChainParams.default(), None, x, ref, lambda s, l: seen.append((s, l)))
+    res = run_ito(req)
+    assert isinstance(res.chain, P.ChainParams) and len(res.z_ref) == 2048 and seen
+    req2 = ItoRequest("nudge", 5, "wider", P.ChainParams.default(), None, x, ref, lambda s, l: None)
+    assert nudge(req2).loss_history
