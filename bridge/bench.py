@@ -1,4 +1,4 @@
-"""`refmaster bench chain`: how fast the differentiable chain renders and back-propagates."""
+"""`refmaster bench ...`: the chain here; the other targets live beside their subjects."""
 
 from __future__ import annotations
 
@@ -79,8 +79,21 @@ def _bench_render_cmd(args) -> int:
     return cmd_bench_render(args)
 
 
-#: `refmaster bench WHAT` targets: name -> (help, add_arguments(parser), handler(args)).
-BENCH_TARGETS = {"chain": _bench_chain_cmd, "osc": _bench_osc_cmd, "render": _bench_render_cmd}
+def _bench_model_cmd(args) -> int:
+    from .model_bench import cmd_bench_model
+
+    return cmd_bench_model(args)
+
+
+def _bench_ito_cmd(args) -> int:
+    from .model_bench import cmd_bench_ito
+
+    return cmd_bench_ito(args)
+
+
+#: `refmaster bench WHAT` targets: name -> handler(args).
+BENCH_TARGETS = {"chain": _bench_chain_cmd, "osc": _bench_osc_cmd, "render": _bench_render_cmd,
+                 "model": _bench_model_cmd, "ito": _bench_ito_cmd}
 
 
 def register(sub) -> dict:
@@ -100,4 +113,13 @@ def register(sub) -> dict:
 
     b = bsub.add_parser("render", help="streaming backends: real-time factor and p99 block time, one thread")
     _render_bench_arguments(b)
+    from .model_bench import add_model_arguments
+
+    b = bsub.add_parser("model", help="Φ + Ψ + render of a 30 s track (no ITO), stages broken down")
+    add_model_arguments(b)
+    b.add_argument("--repeat", type=int, default=3)
+    b = bsub.add_parser("ito", help="fast ITO on excerpts vs ITO on the whole track: time and final AF distance")
+    add_model_arguments(b)
+    b.add_argument("--steps", type=int, default=100)
+    b.add_argument("--fast-only", action="store_true", help="skip the (slow) whole-track comparison")
     return {"bench": cmd_bench}

@@ -3,7 +3,7 @@
 Synthesises a mixed song and a *different* song mastered in a distinct style (a fixed, seeded
 draw of the training manipulation f: louder, brighter or darker, wider or narrower, compressed
 and limited), masters the first towards the second with the shipped white-box model and ITO, and
-writes input, reference, master, preset and plot to a folder, printing where.
+writes input, reference, master, parameters, preset and plot to a folder, printing where.
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ def run_demo(out_dir: Path, seconds: float = 20.0, seed: int = 7, ito_steps: int
     write_audio(out_dir / "input.wav", song)
     write_audio(out_dir / "reference.wav", reference)
     clipped = write_audio(out_dir / "master.wav", result.output)
+    (out_dir / "params.json").write_text(result.chain.to_json())
     store = PresetStore(out_dir / "presets")
     preset = Preset.new("demo reference", result.chain, fingerprint=fingerprint(reference), reference="reference.wav",
                         z_ref=result.z_ref.tolist(), model_version=f"white-box/{model.meta.get('steps', 'unknown')}-steps",
@@ -83,7 +84,7 @@ def run_demo(out_dir: Path, seconds: float = 20.0, seed: int = 7, ito_steps: int
         print(f"{label:12}" + "".join(f"{a[key]:>10.2f}" for a in analyses))
     if clipped:
         print(f"note: {clipped} samples clipped at full scale in master.wav")
-    print(f"\nwrote {out_dir}/: input.wav, reference.wav, master.wav, master.png, {preset_path.relative_to(out_dir)}")
+    print(f"\nwrote {out_dir}/: input.wav, reference.wav, master.wav, params.json, master.png, {preset_path.relative_to(out_dir)}")
     print(f"done in {result.seconds['total']:.1f} s of mastering")
     return out_dir
 

@@ -32,10 +32,14 @@ def _settings(args):
 
     if args.ito_steps < 0 or args.ito_steps > 5000:
         raise RefmasterError("--ito-steps must be between 0 and 5000")
-    if not (0 < args.lr <= 1):
+    if args.lr is not None and not (0 < args.lr <= 1):
         raise RefmasterError("--lr must be in (0, 1]")
-    return MasterSettings(ito=not args.no_ito and args.ito_steps > 0, ito_steps=args.ito_steps, lr=args.lr,
-                          patience=args.patience, ito_target=args.ito_target,
+    d = MasterSettings()
+    lr = args.lr if args.lr is not None and args.ito_target == "embedding" else d.lr
+    theta_lr = args.lr if args.lr is not None and args.ito_target == "params" else d.theta_lr
+    return MasterSettings(ito=not args.no_ito and args.ito_steps > 0, ito_steps=args.ito_steps, lr=lr,
+                          theta_lr=theta_lr, patience=args.patience, ito_target=args.ito_target,
+                          match_loudness=not args.no_loudness_match,
                           theta_steps=args.ito_steps if args.ito_target == "params" and args.ito_steps != 100 else 2000,
                           nudge=args.nudge)
 
@@ -131,6 +135,7 @@ def cmd_master(args) -> int:
                                                   "moved": result.ito.moved()},
         "nudge": None if result.nudge is None else {"words": result.nudge_words, "losses": result.nudge.losses,
                                                       "moved": result.nudge.moved()},
+        "loudness_match": result.loudness,
         "params": result.chain.to_dict() if result.chain else None,
         "analysis": {"input": _brief(a_in), "output": _brief(a_out), "reference": _brief(a_ref)},
         "seconds": result.seconds, "preset": str(preset_path) if preset_path else None, "clipped_samples": clipped,
@@ -145,6 +150,10 @@ def cmd_master(args) -> int:
               f"best of {result.ito.steps_run} steps at step {result.ito.best_step}")
         for key, a, b in result.ito.moved():
             print(f"  moved most: {key:<32} {a:9.3g} -> {b:9.3g} {P.spec(key).unit}")
+    if result.loudness is not None:
+        m = result.loudness
+        print(f"loudness match: {m['before_lufs']:.1f} -> {m['after_lufs']:.1f} LUFS (reference {m['target_lufs']:.1f}), "
+              f"make-up gain {m['gain_change_db']:+.1f} dB" + (" (gain at its limit)" if m["at_limit"] else ""))
     if result.nudge is not None:
         print(f"nudge ({', '.join(result.nudge_words)}): loss {result.nudge.losses[0]:.4f} -> {min(result.nudge.losses):.4f}")
         for key, a, b in result.nudge.moved():
@@ -176,8 +185,10 @@ def register(sub) -> dict:
     p.add_argument("--weights", help="a .safetensors file instead of the shipped weights")
     p.add_argument("--no-ito", action="store_true", help="style transfer only")
     p.add_argument("--ito-steps", type=int, default=100)
-    p.add_argument("--lr", type=float, default=1e-2, help="ITO learning rate (RAdam)")
+    p.add_argument("--lr", type=float, help="ITO learning rate (RAdam; default: engine.mastering.MasterSettings)")
     p.add_argument("--patience", type=int, default=5, help="stop after this many steps without improvement")
+    p.add_argument("--no-loudness-match", action="store_true",
+                   help="leave the make-up gain where Ψ/ITO put it (default: match the reference's loudness)")
     p.add_argument("--ito-ref", help="optimise towards this track instead (merging styles)")
     p.add_argument("--ito-target", choices=["embedding", "params"], default="embedding",
                    help="what ITO optimises: z_ref (default) or Θ directly (the paper's baseline, up to 2000 steps)")

@@ -46,6 +46,25 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_ship(args) -> int:
+    """Copy a trained run's weights into the package (float16), where `master` and `demo` find them."""
+    import torch
+
+    from engine.models import MasteringModel, default_weights
+
+    src = Path(args.weights)
+    model = MasteringModel.load(src)
+    dst = default_weights(model.kind)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    meta = dict(model.meta, shipped_from=src.name, shipped_dtype="float16")
+    model.save(dst, meta=meta, dtype=torch.float16)
+    back = MasteringModel.load(dst)
+    worst = max(float((a - b).abs().max()) for a, b in zip(model.state_dict().values(), back.state_dict().values()))
+    print(f"{model.kind}: {src} -> {dst} ({dst.stat().st_size / 1e6:.1f} MB, float16; "
+          f"largest weight rounding {worst:.2e})")
+    return 0
+
+
 def load_model(kind: str, weights=None):
     """The shipped model of ``kind`` (or the weights given), loaded without network access."""
     from engine.models import MasteringModel, default_weights
@@ -107,6 +126,8 @@ def register(sub) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int)
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint in --out")
+    p = sub.add_parser("ship", help="copy a trained run's weights into the package as the shipped model (float16)")
+    p.add_argument("weights", help="RUN/white-box.safetensors or RUN/black-box.safetensors")
     p = sub.add_parser("eval-synthetic", help="held-out validation: spectral loss vs unprocessed, parameter error")
     p.add_argument("--model", choices=["white-box", "black-box", "both"], default="both")
     p.add_argument("--weights", help="a .safetensors file instead of the shipped weights")
@@ -116,4 +137,4 @@ def register(sub) -> dict:
     p.add_argument("--seed", type=int, default=2024)
     p.add_argument("--rows", action="store_true", help="include per-example rows in --json")
     p.add_argument("--json", action="store_true")
-    return {"train": cmd_train, "eval-synthetic": cmd_eval_synthetic}
+    return {"train": cmd_train, "ship": cmd_ship, "eval-synthetic": cmd_eval_synthetic}

@@ -10,6 +10,11 @@ Songs come from a folder of real music (the songs of ``../shared/audio`` minus t
 validation songs) and from an unbounded stream of synthesised songs (:mod:`engine.synth`): a pool
 whose oldest song is replaced by a new seed every few steps. f_norm is applied once per whole
 song (as at inference, where the whole input track is normalised) and cached.
+
+Each example re-levels its raw song (A and B by the same gain) to a random integrated loudness
+between −26 and −10 LUFS before f2. Without it, with a handful of real songs, a song's identity
+predicts the target's level and the converter learns to remember songs instead of reading the
+reference (measured: validation loss on held-out songs rose while training loss fell).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import torch
 
 from .audio_io import READ_EXTENSIONS, SAMPLE_RATE, load_audio
 from .chain import render_chain
+from .features import integrated_loudness
 from .fxnorm import fx_normalize, load_stats
 from .manipulation import random_manipulation
 from .synth import synth_song
@@ -31,6 +37,8 @@ from .synth import synth_song
 HELD_OUT = ("vibe_ace.ogg", "sweet_waltz.ogg")
 #: Segments quieter than this (RMS, dBFS) are redrawn: silence teaches nothing about style.
 MIN_SEGMENT_DBFS = -45.0
+#: Range of the random loudness (LUFS) each example's raw song is re-levelled to.
+RELEVEL_LUFS = (-26.0, -10.0)
 
 
 @dataclass
@@ -38,6 +46,7 @@ class Song:
     name: str
     raw: np.ndarray    # (2, T) float32
     norm: np.ndarray   # f_norm(raw)
+    lufs: float        # integrated loudness of raw
 
 
 def list_songs(folder: Path, names: Optional[Sequence[str]] = None, exclude: Sequence[str] = ()) -> List[Path]:
@@ -51,13 +60,13 @@ def load_songs(files: Sequence[Path], stats: dict) -> List[Song]:
     songs = []
     for f in files:
         raw = load_audio(f).audio
-        songs.append(Song(f.name, raw, fx_normalize(raw, stats)))
+        songs.append(Song(f.name, raw, fx_normalize(raw, stats), integrated_loudness(raw)))
     return songs
 
 
 def synth_entry(seed: int, seconds: float, stats: dict) -> Song:
     raw = synth_song(seed, seconds)
-    return Song(f"synth-{seed}", raw, fx_normalize(raw, stats))
+    return Song(f"synth-{seed}", raw, fx_normalize(raw, stats), integrated_loudness(raw))
 
 
 class ExampleSource:
@@ -112,9 +121,10 @@ class ExampleSource:
             song = self.pick_song()
             a0, b0 = self._segments(song, a_len, b_len)
             fit = lambda x, n: np.pad(x, ((0, 0), (0, n - x.shape[1]))) if x.shape[1] < n else x
+            gain = np.float32(10 ** ((self.rng.uniform(*RELEVEL_LUFS) - song.lufs) / 20))
             a_norm.append(fit(song.norm[:, a0 : a0 + a_len], a_len))
-            a_raw.append(fit(song.raw[:, a0 : a0 + a_len], a_len))
-            b_raw.append(fit(song.raw[:, b0 : b0 + b_len], b_len))
+            a_raw.append(fit(song.raw[:, a0 : a0 + a_len], a_len) * gain)
+            b_raw.append(fit(song.raw[:, b0 : b0 + b_len], b_len) * gain)
         g = torch.Generator().manual_seed(int(self.rng.integers(2 ** 62)))
         return make_example(torch.from_numpy(np.stack(a_norm)), torch.from_numpy(np.stack(a_raw)),
                             torch.from_numpy(np.stack(b_raw)), g, device)

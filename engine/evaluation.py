@@ -30,6 +30,7 @@ from .fxnorm import fx_normalize, load_stats
 from .losses import MultiScaleSpectralLoss
 from .manipulation import random_manipulation
 from .chain import render_chain
+from .ito import release_memory
 from .models import MasteringModel
 
 
@@ -206,8 +207,10 @@ def matchering_master(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
 
 
 def run_system(name: str, x: np.ndarray, ref: np.ndarray, models: Dict[str, MasteringModel],
-               ito_steps: int = 100, theta_steps: int = 2000) -> np.ndarray:
+               ito_steps: int = 100, theta_steps: int = 2000, ito_lr: Optional[float] = None) -> np.ndarray:
     from .mastering import MasterSettings, master
+
+    lr = {"lr": ito_lr} if ito_lr is not None else {}
 
     if name == "input":
         return x
@@ -216,9 +219,9 @@ def run_system(name: str, x: np.ndarray, ref: np.ndarray, models: Dict[str, Mast
     if name == "ours-noito":
         return master(models["white-box"], x, ref, MasterSettings(ito=False)).output
     if name == "ours":
-        return master(models["white-box"], x, ref, MasterSettings(ito_steps=ito_steps)).output
+        return master(models["white-box"], x, ref, MasterSettings(ito_steps=ito_steps, **lr)).output
     if name == "ours-blackbox":
-        return master(models["black-box"], x, ref, MasterSettings(ito_steps=ito_steps)).output
+        return master(models["black-box"], x, ref, MasterSettings(ito_steps=ito_steps, **lr)).output
     if name == "ito-theta":
         return master(models["white-box"], x, ref, MasterSettings(ito_target="params", theta_steps=theta_steps)).output
     raise ValueError(f"unknown system {name!r} (one of {', '.join(SYSTEMS)})")
@@ -226,7 +229,7 @@ def run_system(name: str, x: np.ndarray, ref: np.ndarray, models: Dict[str, Mast
 
 def compare_systems(data_dir: Path, systems: Sequence[str], models: Dict[str, MasteringModel], pairs: int = 12,
                     seconds: float = 10.0, seed: int = 0, ito_steps: int = 100, theta_steps: int = 2000,
-                    progress: bool = True) -> dict:
+                    ito_lr: Optional[float] = None, progress: bool = True) -> dict:
     """Run ``systems`` on seeded pairs of different songs; per-pair scores and per-system medians."""
     import time as _time
 
@@ -238,8 +241,9 @@ def compare_systems(data_dir: Path, systems: Sequence[str], models: Dict[str, Ma
     for pr in todo:
         for sysname in systems:
             t0 = _time.time()
-            y = run_system(sysname, pr.input, pr.reference, models, ito_steps, theta_steps)
+            y = run_system(sysname, pr.input, pr.reference, models, ito_steps, theta_steps, ito_lr)
             took = _time.time() - t0
+            release_memory()
             rows.append({"system": sysname, "input": pr.input_name, "reference": pr.reference_name,
                          "seconds": took, **score(y, pr.reference)})
             bar.update(1)

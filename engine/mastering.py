@@ -11,12 +11,19 @@ master plus everything a report or a preset needs. The steps:
 4. ITO (default on) refines z_ref against the Audio Feature loss to the ITO reference (the
    style reference unless another is given: merging styles), or, as the paper's baseline,
    optimises Θ directly (``ito_target="params"``);
-5. nudges ("brighter, wider") run the same ITO towards changed features of the current output;
-6. the whole track is rendered once with the final Θ (white-box) or the final z (black-box).
+5. loudness match (white-box, default on): the make-up gain of Θ is corrected so the whole
+   master's integrated loudness equals the reference's (a few full-length renders; the limiter
+   makes loudness non-linear in gain, so we iterate). The Audio Feature loss measures level
+   through linear RMS (weight 0.1) and the bark spectrum, so ITO alone leaves masters about
+   2 LU off the reference (measured on real pairs); a producer expects the loudness to match,
+   as matchering's does;
+6. nudges ("brighter, wider") run the same ITO towards changed features of the current output;
+7. the whole track is rendered with the final Θ (white-box) or the final z (black-box).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
@@ -36,13 +43,14 @@ from .nudge import nudge_objective, parse_nudges
 class MasterSettings:
     ito: bool = True
     ito_steps: int = 100
-    lr: float = 1e-2
+    lr: float = 0.1                    # measured best of 1e-2 / 3e-2 / 1e-1 on real pairs (README)
     patience: int = 5
     ito_target: str = "embedding"      # or "params" (the paper's baseline)
     theta_steps: int = 2000
     theta_lr: float = 2e-2
     excerpt_seconds: float = 2.5
     excerpts: int = 3
+    match_loudness: bool = True
     nudge: Optional[str] = None
     nudge_steps: int = 50
 
@@ -61,6 +69,52 @@ class MasterResult:
     nudge: Optional[ITOResult] = None
     nudge_words: List[str] = field(default_factory=list)
     seconds: Dict[str, float] = field(default_factory=dict)
+    loudness: Optional[Dict[str, float]] = None  # target / before / after LUFS, gain change dB
+
+
+#: Where the loudness match stops: close enough (LU), and at most this many corrections.
+LOUDNESS_TOLERANCE_LU = 0.1
+LOUDNESS_MAX_CORRECTIONS = 5
+_GAIN = P.PARAM_KEYS.index("gain.gain")
+
+
+def match_loudness(audio: torch.Tensor, theta: torch.Tensor, target_lufs: float):
+    """Correct the make-up gain of ``theta`` (46,) so ``render_chain(audio, θ)`` has ``target_lufs``.
+
+    ``audio``: (1, 2, T) the normalised input. Returns ``(θ, rendered (1, 2, T), info)``; the gain
+    stays inside its range (``info["at_limit"]`` says when that stopped the match).
+    """
+    from .features import integrated_loudness
+
+    spec = P.spec("gain.gain")
+    theta = theta.detach().clone()
+    with torch.no_grad():
+        y = render_chain(audio, theta, check_params=False)
+    before = now = integrated_loudness(y[0].numpy())
+    gain0 = float(theta[_GAIN])
+    info = {"target_lufs": target_lufs, "before_lufs": before, "after_lufs": before, "gain_change_db": 0.0,
+            "renders": 1, "at_limit": False}
+    if not (math.isfinite(target_lufs) and math.isfinite(before)):
+        return theta, y, info
+    slope = 1.0  # LU per dB of gain: 1 below the limiter, less as it works harder (secant estimate)
+    for _ in range(LOUDNESS_MAX_CORRECTIONS):
+        miss = target_lufs - now
+        if abs(miss) < LOUDNESS_TOLERANCE_LU:
+            break
+        g_old = float(theta[_GAIN])
+        g = min(max(g_old + miss / slope, spec.min), spec.max)
+        if g == g_old:
+            info["at_limit"] = True
+            break
+        theta[_GAIN] = g
+        with torch.no_grad():
+            y = render_chain(audio, theta, check_params=False)
+        new = integrated_loudness(y[0].numpy())
+        slope = min(max((new - now) / (g - g_old), 0.05), 1.5)
+        now = new
+        info["renders"] += 1
+    info.update(after_lufs=now, gain_change_db=float(theta[_GAIN]) - gain0)
+    return theta, y, info
 
 
 def _as_chain(theta: Optional[torch.Tensor]) -> Optional[P.ChainParams]:
@@ -113,8 +167,19 @@ def master(model: MasteringModel, x: np.ndarray, reference: Optional[np.ndarray]
                                          on_step=callback("ito"))
             z, theta = ito_res.z, ito_res.theta
         t["ito"] = time.time() - t2
+    loudness = None
+    full = torch.from_numpy(x_norm).unsqueeze(0)
+    y = None
+    level_ref = ito_reference if ito_reference is not None else reference
+    if white and s.match_loudness and level_ref is not None:
+        from .features import integrated_loudness
+
+        t5 = time.time()
+        theta, y, loudness = match_loudness(full, theta, integrated_loudness(level_ref))
+        t["loudness"] = time.time() - t5
     words: List[str] = []
     if s.nudge:
+        y = None
         words = parse_nudges(s.nudge)
         t3 = time.time()
         with torch.no_grad():
@@ -126,17 +191,19 @@ def master(model: MasteringModel, x: np.ndarray, reference: Optional[np.ndarray]
                                         patience=max(s.patience, 20), on_step=callback("nudge"))
             theta = nudge_res.theta
         else:
+            offset = None
+            if loudness is not None:
+                offset = torch.zeros(P.NUM_PARAMS)
+                offset[_GAIN] = loudness["gain_change_db"]
             nudge_res = optimize_embedding(model, xb, z, objective, steps=s.nudge_steps, lr=s.lr,
-                                           patience=max(s.patience, 10), on_step=callback("nudge"))
+                                           patience=max(s.patience, 10), on_step=callback("nudge"),
+                                           theta_offset=offset)
             z, theta = nudge_res.z, nudge_res.theta
         t["nudge"] = time.time() - t3
     t4 = time.time()
-    with torch.no_grad():
-        full = torch.from_numpy(x_norm).unsqueeze(0)
-        if white:
-            y = render_chain(full, theta.detach(), check_params=False)
-        else:
-            y = model.converter(full, z)[0]
+    if y is None:
+        with torch.no_grad():
+            y = render_chain(full, theta.detach(), check_params=False) if white else model.converter(full, z)[0]
     t["render"] = time.time() - t4
     t["total"] = time.time() - t0
     out = y[0].numpy()
@@ -145,4 +212,4 @@ def master(model: MasteringModel, x: np.ndarray, reference: Optional[np.ndarray]
 
         raise ChainError("render", "the master contains NaN or infinite samples")
     return MasterResult(out, x_norm, _as_chain(theta), _as_chain(theta0), z[0].detach().numpy().copy(),
-                        ito_res, nudge_res, words, t)
+                        ito_res, nudge_res, words, t, loudness)

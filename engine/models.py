@@ -204,11 +204,14 @@ class MasteringModel(nn.Module):
         return {"encoder": count(self.encoder), "converter": count(self.converter), "total": count(self)}
 
     # -- persistence (safetensors + JSON config, no pickle, no network)
-    def save(self, path: Path, meta: Optional[dict] = None) -> None:
+    def save(self, path: Path, meta: Optional[dict] = None, dtype: torch.dtype = torch.float32) -> None:
+        """Weights + config + ``meta`` as one safetensors file. ``dtype=torch.float16`` halves the
+        file (the shipped weights: both models must fit in 40 MB); :meth:`load` always returns float32."""
         from safetensors.torch import save_file
 
         path = Path(path)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        tensors = {k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous()
+                   for k, v in self.state_dict().items()}
         info = {"config": self.cfg.to_json(), "meta": json.dumps(meta or {})}
         tmp = path.with_suffix(".tmp")
         save_file(tensors, str(tmp), metadata=info)

@@ -205,6 +205,12 @@ def denormalize_tensor(norm: torch.Tensor) -> torch.Tensor:
     return torch.where(is_log, v.exp(), v)
 
 
+def clamp_tensor(values: torch.Tensor) -> torch.Tensor:
+    """Real units (..., 46) clamped into every parameter's range (differentiable inside it)."""
+    _, _, _, lo, hi = _bounds(values.dtype, values.device)
+    return torch.minimum(torch.maximum(values, lo), hi)
+
+
 def default_tensor(dtype=torch.float32, device="cpu") -> torch.Tensor:
     return torch.tensor([p.default for p in PARAMS], dtype=dtype, device=device)
 

@@ -163,10 +163,12 @@ def test_master_cli_writes_master_preset_plot_json(capsys, files):
 def test_master_cli_nudge_and_baseline(capsys, files):
     code, out, err = run(capsys, "master", files / "in.wav", "--ref", files / "ref.flac", "-o", files / "n.wav",
                          "--no-ito", "--nudge", "brighter, wider", "--presets", files / "p")
-    assert code == 0, err and "nudge (brighter, wider)" in out
+    assert code == 0, err
+    assert "nudge (brighter, wider)" in out
     code, out, err = run(capsys, "master", files / "in.wav", "--ref", files / "ref.flac", "-o", files / "t.wav",
                          "--ito-target", "params", "--ito-steps", "10", "--presets", files / "p")
-    assert code == 0, err and "ITO (params)" in out
+    assert code == 0, err
+    assert "ITO (params)" in out
 
 
 def _bad(kind, tmp_path, good):

@@ -53,6 +53,30 @@ def test_save_load_round_trip(tmp_path, kind):
     assert back.meta["steps"] == 3 and back.kind == kind
 
 
+def test_ship_writes_half_size_weights_that_load_as_float32(tmp_path, monkeypatch, capsys):
+    import engine.models as M
+    from bridge.cli import main
+
+    torch.manual_seed(2)
+    m = MasteringModel(ModelConfig(**SMALL))
+    for p in m.parameters():
+        p.data.add_(0.01 * torch.randn_like(p))
+    m.save(tmp_path / "run.safetensors", meta={"steps": 7})
+    monkeypatch.setattr(M, "WEIGHTS_DIR", tmp_path / "shipped")
+    assert main(["ship", str(tmp_path / "run.safetensors")]) == 0
+    shipped = tmp_path / "shipped" / "white-box.safetensors"
+    size = shipped.stat().st_size / (tmp_path / "run.safetensors").stat().st_size
+    assert 0.45 < size < 0.55, size
+    back = MasteringModel.load(shipped)
+    assert all(v.dtype == torch.float32 for v in back.state_dict().values() if v.is_floating_point())
+    assert back.meta["steps"] == 7 and back.meta["shipped_dtype"] == "float16"
+    x = torch.randn(1, 2, 22050) * 0.1
+    with torch.no_grad():
+        t1, t2 = m.eval()(x, x)[1], back(x, x)[1]
+    # float16 weights move Θ by far less than anything audible (normalised units)
+    assert (P.normalize_tensor(t1.double()) - P.normalize_tensor(t2.double())).abs().max() < 2e-3
+
+
 def test_load_reports_bad_weights(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 100)
     with pytest.raises(RefmasterError, match="not a usable refmaster model"):
@@ -103,3 +127,17 @@ def test_resume_refuses_a_different_configuration(tmp_path):
     train(cfg, tmp_path, data_dir=None, progress=False, model_cfg=small)
     with pytest.raises(ValueError, match="different configuration"):
         train(replace(cfg, batch=3, steps=2), tmp_path, data_dir=None, progress=False, model_cfg=small)
+
+
+def test_model_and_ito_benchmarks_report_their_figures():
+    from bridge.model_bench import bench_ito, bench_model, format_ito_bench, format_model_bench
+
+    torch.manual_seed(3)
+    m = MasteringModel(ModelConfig(**SMALL))
+    r = bench_model(m, seconds=4.0, repeat=1, data=None)
+    assert r["median_s"]["total"] >= r["median_s"]["render"] > 0 and "synthesised" in r["material"]
+    assert "Φ + Ψ + render" in format_model_bench(r)
+    r = bench_ito(m, seconds=9.0, steps=2, data=None)
+    assert r["fast"]["steps_run"] == 2 and r["full"]["steps_run"] == 2
+    assert r["fast"]["af"] > 0 and r["full"]["af"] > 0 and r["fast_vs_full_af"] == r["fast"]["af"] / r["full"]["af"]
+    assert "fast / whole-track AF" in format_ito_bench(r)
