@@ -59,6 +59,30 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_eval_nudges(args) -> int:
+    from engine.evaluation import evaluate_nudges
+
+    from .train_cmd import load_model
+
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise RefmasterError(f"{folder}: not a folder")
+    try:
+        r = evaluate_nudges(load_model("white-box", args.weights), folder, args.songs, args.seconds, args.steps)
+    except FileNotFoundError as e:
+        raise RefmasterError(str(e)) from None
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    print(f"nudges on {len(r['songs'])} songs ({r['seconds']:g} s from the middle, each mastered towards the next "
+          f"without ITO, {r['steps']} nudge steps); how far each moved its feature the right way "
+          f"(bands in dB, width ratio, RMS, crest dB):")
+    print(f"{'word':<12}" + "".join(f"{s[:12]:>13}" for s in r["songs"]) + "   right way")
+    for w, m in r["moves"].items():
+        print(f"{w:<12}" + "".join(f"{m[s]:>+13.3f}" for s in r["songs"]) + f"   {r['right_way'][w]}/{len(r['songs'])}")
+    return 0
+
+
 def register(sub) -> dict:
     p = sub.add_parser("eval", help="compare input, matchering and our systems on pairs of different songs")
     p.add_argument("folder", help="folder of songs (at least two)")
@@ -72,4 +96,11 @@ def register(sub) -> dict:
     p.add_argument("--weights", help="white-box weights instead of the shipped ones")
     p.add_argument("--blackbox-weights", help="black-box weights instead of the shipped ones")
     p.add_argument("--json", action="store_true")
-    return {"eval": cmd_eval}
+    n = sub.add_parser("eval-nudges", help="does each nudge word move its feature the right way on real songs?")
+    n.add_argument("folder", help="folder of songs (at least two)")
+    n.add_argument("--songs", type=int, default=5)
+    n.add_argument("--seconds", type=float, default=10.0)
+    n.add_argument("--steps", type=int, default=25, help="nudge ITO steps")
+    n.add_argument("--weights", help="white-box weights instead of the shipped ones")
+    n.add_argument("--json", action="store_true")
+    return {"eval": cmd_eval, "eval-nudges": cmd_eval_nudges}

@@ -10,6 +10,7 @@ at the very end, so Ctrl-C during ITO leaves no half-written file.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -34,12 +35,15 @@ def _settings(args):
         raise RefmasterError("--ito-steps must be between 0 and 5000")
     if args.lr is not None and not (0 < args.lr <= 1):
         raise RefmasterError("--lr must be in (0, 1]")
+    if args.drv_weight is not None and not (0 <= args.drv_weight <= 10):
+        raise RefmasterError("--drv-weight must be between 0 and 10")
     d = MasterSettings()
     lr = args.lr if args.lr is not None and args.ito_target == "embedding" else d.lr
     theta_lr = args.lr if args.lr is not None and args.ito_target == "params" else d.theta_lr
     return MasterSettings(ito=not args.no_ito and args.ito_steps > 0, ito_steps=args.ito_steps, lr=lr,
                           theta_lr=theta_lr, patience=args.patience, ito_target=args.ito_target,
-                          match_loudness=not args.no_loudness_match,
+                          match_loudness=not args.no_loudness_match, match_dynamics=not args.no_dynamics_match,
+                          drv_weight=d.drv_weight if args.drv_weight is None else args.drv_weight,
                           theta_steps=args.ito_steps if args.ito_target == "params" and args.ito_steps != 100 else 2000,
                           nudge=args.nudge)
 
@@ -136,6 +140,7 @@ def cmd_master(args) -> int:
         "nudge": None if result.nudge is None else {"words": result.nudge_words, "losses": result.nudge.losses,
                                                       "moved": result.nudge.moved()},
         "loudness_match": result.loudness,
+        "dynamics_match": result.dynamics,
         "params": result.chain.to_dict() if result.chain else None,
         "analysis": {"input": _brief(a_in), "output": _brief(a_out), "reference": _brief(a_ref)},
         "seconds": result.seconds, "preset": str(preset_path) if preset_path else None, "clipped_samples": clipped,
@@ -154,6 +159,10 @@ def cmd_master(args) -> int:
         m = result.loudness
         print(f"loudness match: {m['before_lufs']:.1f} -> {m['after_lufs']:.1f} LUFS (reference {m['target_lufs']:.1f}), "
               f"make-up gain {m['gain_change_db']:+.1f} dB" + (" (gain at its limit)" if m["at_limit"] else ""))
+    if result.dynamics is not None and math.isfinite(result.dynamics["before_drv_db"]):
+        m = result.dynamics
+        print(f"dynamics match: DRV {m['before_drv_db']:.2f} -> {m['after_drv_db']:.2f} dB (reference "
+              f"{m['target_drv_db']:.2f}), limiter threshold {m['threshold_change_db']:+.1f} dB")
     if result.nudge is not None:
         print(f"nudge ({', '.join(result.nudge_words)}): loss {result.nudge.losses[0]:.4f} -> {min(result.nudge.losses):.4f}")
         for key, a, b in result.nudge.moved():
@@ -189,6 +198,10 @@ def register(sub) -> dict:
     p.add_argument("--patience", type=int, default=5, help="stop after this many steps without improvement")
     p.add_argument("--no-loudness-match", action="store_true",
                    help="leave the make-up gain where Ψ/ITO put it (default: match the reference's loudness)")
+    p.add_argument("--no-dynamics-match", action="store_true",
+                   help="leave the limiter threshold where Ψ/ITO put it (default: match the reference's DRV)")
+    p.add_argument("--drv-weight", type=float,
+                   help="weight of the dynamics (DRV) term in the ITO objective; 0 = the paper's plain AF loss")
     p.add_argument("--ito-ref", help="optimise towards this track instead (merging styles)")
     p.add_argument("--ito-target", choices=["embedding", "params"], default="embedding",
                    help="what ITO optimises: z_ref (default) or Θ directly (the paper's baseline, up to 2000 steps)")

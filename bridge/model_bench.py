@@ -95,7 +95,7 @@ def format_model_bench(r: dict) -> str:
     return (f"Φ + Ψ + render, {r['model']}, {r['seconds_of_audio']:g} s stereo ({r['material']}), "
             f"{r['cpu_cores']} CPU cores, median of {r['repeat']}\n"
             f"  total {m['total']:.2f} s  ({stages}; the rest is Ψ)\n"
-            f"  with the loudness match (default in `master`): {r['with_loudness_match_s']:.2f} s "
+            f"  with the dynamics and loudness match (default in `master`): {r['with_loudness_match_s']:.2f} s "
             f"(match {r['loudness_match_s']:.2f} s)")
 
 

@@ -66,6 +66,30 @@ print(json.dumps({"sent": sent, "last": last, "elapsed": time.perf_counter() - s
 """
 
 
+class _GcPauses:
+    """Times every garbage collection while the benchmark runs (a collection holds the GIL, so a
+    long one stalls the render thread): the answer to "was a late block the collector?"."""
+
+    def __init__(self):
+        import gc
+
+        self.ms: List[float] = []
+        self._t = 0.0
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._t = time.perf_counter()
+        else:
+            self.ms.append((time.perf_counter() - self._t) * 1000.0)
+
+    def close(self) -> None:
+        import gc
+
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
+
+
 def _sender_jobs(host: str, port: int, rate: float, seconds: float, senders: int) -> List[dict]:
     from . import osc_space as A
 
@@ -122,6 +146,7 @@ def bench_osc(seconds: float = 10.0, rate: float = 10000.0, senders: int = 2, bl
         procs = [subprocess.Popen([sys.executable, "-c", SENDER, json.dumps(job)], stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True) for job in jobs]
         undo_realtime = prepare_realtime()
+        gc_pauses = _GcPauses()
         try:
             for p in procs:
                 line = p.stdout.readline()
@@ -150,6 +175,7 @@ def bench_osc(seconds: float = 10.0, rate: float = 10000.0, senders: int = 2, bl
                     p.kill()
                     p.wait()
             render.join(timeout=5)
+            gc_pauses.close()
             undo_realtime()
         final = state.snapshot()
         stats = server.stats
@@ -188,6 +214,7 @@ def bench_osc(seconds: float = 10.0, rate: float = 10000.0, senders: int = 2, bl
         "latency_ms_max": s["latency_ms_max"], "latency_samples": len(engine.stats.latency_ms),
         "play_latency_ms_p50": s["play_latency_ms_p50"], "play_latency_ms_p99": s["play_latency_ms_p99"],
         "queue_blocks": 3,
+        "gc_collections": len(gc_pauses.ms), "gc_pause_ms_max": max(gc_pauses.ms, default=0.0),
         "addresses_checked": sum(len(r["last"]) for r in results), "final_state_mismatches": len(mismatches),
         "mismatch_examples": mismatches[:5],
     }
@@ -202,8 +229,10 @@ def format_osc_bench(r: dict) -> str:
         f"  messages     sent {r['messages_sent']}, received {r['messages_received']} "
         f"(UDP dropped {r['udp_dropped']}), applied {r['messages_applied']}, error replies {r['error_replies']}",
         f"  blocks       {r['blocks']} rendered ({r['changed_blocks']} with changes, crossfaded), "
-        f"missed deadlines {r['missed_deadlines']}",
-        f"  block time   p50 {r['block_ms_p50']:.2f} ms, p99 {r['block_ms_p99']:.2f} ms, max {r['block_ms_max']:.2f} ms",
+        f"missed deadlines {r['missed_deadlines']}"
+        + (f" (at blocks {', '.join(map(str, r['missed_at_block']))})" if r["missed_at_block"] else ""),
+        f"  block time   p50 {r['block_ms_p50']:.2f} ms, p99 {r['block_ms_p99']:.2f} ms, max {r['block_ms_max']:.2f} ms; "
+        f"{r['gc_collections']} garbage collections, longest {r['gc_pause_ms_max']:.1f} ms",
         f"  latency      message -> end of the block that applies it: p50 {r['latency_ms_p50']:.2f} ms, "
         f"p99 {r['latency_ms_p99']:.2f} ms, max {r['latency_ms_max']:.2f} ms ({r['latency_samples']} messages)",
         f"               message -> that block starts playing (after a {r['queue_blocks']}-block output queue): "

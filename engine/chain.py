@@ -73,6 +73,7 @@ def multiband_dynamics(x: torch.Tensor, params: torch.Tensor, sample_rate: float
     low, mid, high = three_band_split(x, _col(params, "multiband.low_crossover"),
                                       _col(params, "multiband.high_crossover"), sample_rate)
     bands = torch.stack([low, mid, high], dim=1)  # (B, 3, C, T)
+    params = params.expand(B, -1)  # shared Θ (1, 46): the dynamics run per item
 
     def per_band(name: str) -> torch.Tensor:  # (B*3,) in band order
         return torch.stack([_col(params, f"multiband.{b}_{name}") for b in _MB_BANDS], 1).reshape(-1)
@@ -102,6 +103,8 @@ def stereo_imager(x: torch.Tensor, width: torch.Tensor) -> torch.Tensor:
 def limiter(x: torch.Tensor, threshold_db: torch.Tensor, attack_ms: torch.Tensor, release_ms: torch.Tensor,
             sample_rate: float = SAMPLE_RATE) -> torch.Tensor:
     """torchcomp limiter (peak follower + gain ballistics) at control rate with lookahead."""
+    B = x.shape[0]
+    threshold_db, attack_ms, release_ms = (v.expand(B) for v in (threshold_db, attack_ms, release_ms))
     return x * limiter_gain(x, threshold_db, attack_ms, release_ms, sample_rate).unsqueeze(1)
 
 
@@ -143,9 +146,12 @@ def render_chain(audio: torch.Tensor, params: torch.Tensor, switches: Optional[t
         raise ChainError("input", f"expected audio of shape (B, 2, T), got {tuple(audio.shape)}")
     B, _, T = audio.shape
     if params.dim() == 1:
-        params = params.unsqueeze(0).expand(B, -1)
-    if params.shape != (B, P.NUM_PARAMS):
-        raise ChainError("input", f"expected params of shape ({B}, {P.NUM_PARAMS}), got {tuple(params.shape)}")
+        # One Θ for the whole batch (ITO's excerpts): kept as (1, 46) so the filters are
+        # designed once and broadcast; only the dynamics run per item.
+        params = params.unsqueeze(0)
+    if params.dim() != 2 or params.shape[0] not in (1, B) or params.shape[1] != P.NUM_PARAMS:
+        raise ChainError("input", f"expected params of shape ({B}, {P.NUM_PARAMS}) or ({P.NUM_PARAMS},), "
+                                  f"got {tuple(params.shape)}")
     params = params.to(audio.dtype)
     if switches is None:
         switches = torch.ones(B, len(P.MODULES), dtype=torch.bool, device=audio.device)

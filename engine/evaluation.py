@@ -259,3 +259,48 @@ def compare_systems(data_dir: Path, systems: Sequence[str], models: Dict[str, Ma
         a, b = by("ours"), by("ours-noito")
         out["ito_improves_af_fraction"] = float(np.mean([a[k] < b[k] for k in a]))
     return out
+
+
+# ------------------------------------------------------------------------------ nudges on real music
+
+def evaluate_nudges(model: MasteringModel, data_dir: Path, songs: int = 5, seconds: float = 10.0,
+                    steps: int = 25, words: Optional[Sequence[str]] = None, progress: bool = True) -> dict:
+    """Does each nudge word move its feature the right way on real music?
+
+    Each of ``songs`` songs (a ``seconds`` excerpt from the middle) is mastered towards the next
+    song without ITO, then once more with each nudge word; :data:`engine.nudge.NUDGE_CHECKS`
+    says how far the master moved the way the word asks (> 0: the right way).
+    """
+    from tqdm import tqdm
+
+    from .features import audio_features
+    from .mastering import MasterSettings, master
+    from .nudge import NUDGE_CHECKS
+
+    words = list(words or NUDGE_CHECKS)
+    files = list_songs(data_dir)[:songs]
+    if len(files) < 2:
+        raise FileNotFoundError(f"need at least two songs in {data_dir}")
+    n = int(seconds * SAMPLE_RATE)
+    audio = []
+    for f in files:
+        a = load_audio(f).audio
+        s = max(0, a.shape[1] // 2 - n // 2)
+        audio.append((f.name, a[:, s : s + n]))
+    feats = lambda y: audio_features(torch.from_numpy(np.asarray(y, np.float64)).unsqueeze(0))  # noqa: E731
+    moves: Dict[str, Dict[str, float]] = {w: {} for w in words}
+    bar = tqdm(total=len(audio) * len(words), desc="nudges", unit="run", disable=not progress)
+    for i, (name, x) in enumerate(audio):
+        ref = audio[(i + 1) % len(audio)][1]
+        with torch.no_grad():
+            before = feats(master(model, x, ref, MasterSettings(ito=False)).output)
+        for w in words:
+            out = master(model, x, ref, MasterSettings(ito=False, nudge=w, nudge_steps=steps)).output
+            with torch.no_grad():
+                moves[w][name] = NUDGE_CHECKS[w](before, feats(out))
+            release_memory()
+            bar.update(1)
+    bar.close()
+    right = {w: int(sum(v > 0 for v in m.values())) for w, m in moves.items()}
+    return {"songs": [a[0] for a in audio], "seconds": seconds, "steps": steps, "moves": moves,
+            "right_way": right, "all_words_on_most_songs": all(r * 5 >= 4 * len(audio) for r in right.values())}

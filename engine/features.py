@@ -240,6 +240,62 @@ def drv_db(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> float:
     return float(np.mean(vals))
 
 
+DRV_WINDOW_S = 0.05
+DRV_MIN_ONSETS = 4
+
+
+def onset_table(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> list:
+    """Onsets of ``(K, 2, T)`` excerpts, per channel: ``[[(k, sample), ...] for each channel]``.
+
+    Found once (on the output at the start of an optimisation) so that :func:`drv_torch` can
+    follow the same events while the chain's parameters change.
+    """
+    a = np.asarray(audio, dtype=np.float64)
+    table = []
+    for c in range(a.shape[1]):
+        table.append([(k, int(o)) for k in range(a.shape[0]) for o in hfc_onsets(a[k, c], sample_rate)])
+    return table
+
+
+def drv_torch(y: torch.Tensor, onsets: list, sample_rate: int = SAMPLE_RATE) -> Optional[torch.Tensor]:
+    """Differentiable DRV of ``(K, 2, T)`` excerpts at fixed ``onsets`` (from :func:`onset_table`).
+
+    The same statistic as :func:`drv_db` — per channel, the peak level in the 50 ms after each
+    onset, the standard deviation of the top quartile of those levels, the mean over channels —
+    with the onsets held fixed and the quartile chosen on the current levels (the selection is
+    piecewise constant, the levels carry the gradient). None when a channel has fewer than 4 onsets.
+    """
+    win = int(DRV_WINDOW_S * sample_rate)
+    T = y.shape[-1]
+    offsets = torch.arange(win)
+    per_channel = []
+    for c, events in enumerate(onsets):
+        events = [(k, o) for k, o in events if o < T]
+        if len(events) < DRV_MIN_ONSETS:
+            return None
+        k = torch.tensor([e[0] for e in events])
+        idx = (torch.tensor([e[1] for e in events])[:, None] + offsets[None, :]).clamp(max=T - 1)
+        peaks = y[k[:, None], c, idx].abs().amax(-1)
+        levels = 20.0 * torch.log10(peaks + EPS)
+        cut = float(np.percentile(levels.detach().numpy(), 75))
+        top = levels[levels.detach() >= cut]
+        per_channel.append(top.std(unbiased=False))
+    return torch.stack(per_channel).mean()
+
+
+def segments_drv(segments: np.ndarray, sample_rate: int = SAMPLE_RATE) -> float:
+    """DRV of a track from ``(K, 2, n)`` segments of it: the onsets of all segments pooled.
+
+    For K = 1 it is :func:`drv_db`. A segment after the first starts mid-music, so an onset in
+    its first frame is its cut, not an event, and is left out.
+    """
+    seg = np.asarray(segments, dtype=np.float64)
+    table = [[(k, o) for k, o in ch if k == 0 or o > 0] for ch in onset_table(seg, sample_rate)]
+    with torch.no_grad():
+        d = drv_torch(torch.from_numpy(seg), table, sample_rate)
+    return float("nan") if d is None else float(d)
+
+
 def analyze(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Dict[str, object]:
     """Everything `refmaster analyze` reports for a ``(2, T)`` signal."""
     x = torch.as_tensor(np.asarray(audio, dtype=np.float64)).unsqueeze(0)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -26,7 +26,7 @@ import torch
 
 from . import params as P
 from .chain import SAMPLE_RATE, render_chain
-from .features import AudioFeatureLoss, audio_features
+from .features import AudioFeatureLoss, audio_features, drv_db, drv_torch, onset_table
 from .frontend import spectral_features
 from .models import MasteringModel
 
@@ -112,19 +112,39 @@ def excerpt_batch(audio: np.ndarray, windows: Sequence[Tuple[int, int]]) -> torc
     return torch.from_numpy(np.stack([audio[:, s : s + n] for s, n in windows]))
 
 
-def af_objective(reference: torch.Tensor, weights: Optional[Dict[str, float]] = None) -> Objective:
-    """The default L_aux: Audio Feature loss of the output against a reference ``(1, 2, T)``.
+#: Weight of the dynamics term of the default objective: (DRV(output) − DRV(reference))², in dB².
+#: The AF loss sees dynamics only through the crest factor (weight 0.001), so ITO matched the
+#: spectrum and level and left the peaks' variability wherever Ψ put it: ΔDRV 0.71 dB against
+#: matchering's 0.48 on 12 real pairs. 0 gives the paper's plain AF objective.
+DRV_WEIGHT = 0.03
+
+
+def af_objective(reference: torch.Tensor, weights: Optional[Dict[str, float]] = None,
+                 drv_weight: float = DRV_WEIGHT) -> Objective:
+    """The default L_aux: Audio Feature loss of the output against a reference ``(1, 2, T)``,
+    plus ``drv_weight`` × the squared DRV difference (dB) when both have enough onsets.
 
     The output excerpts (K, 2, n) are joined end to end before features are taken, so the
     loss compares one set of features (of the whole optimised material) with the reference's.
+    The DRV term follows the onsets found in the first output it is given (the start of the
+    optimisation), so one objective serves one optimisation.
     """
     loss = AudioFeatureLoss(weights)
     with torch.no_grad():
         ref_feats = audio_features(reference)
+    drv_ref = drv_db(reference[0].numpy()) if drv_weight > 0 else math.nan
+    onsets: List[list] = []
 
     def objective(y: torch.Tensor) -> torch.Tensor:
         joined = y.permute(1, 0, 2).reshape(1, 2, -1)
-        return loss(joined, ref_features=ref_feats)[0]
+        total = loss(joined, ref_features=ref_feats)[0]
+        if math.isfinite(drv_ref):
+            if not onsets:
+                onsets.append(onset_table(y.detach().numpy()))
+            drv = drv_torch(y, onsets[0])
+            if drv is not None:
+                total = total + drv_weight * (drv - drv_ref).square()
+        return total
 
     return objective
 

@@ -30,7 +30,6 @@ import math
 import re
 from typing import Callable, Dict, List
 
-import numpy as np
 import torch
 
 from .errors import RefmasterError
@@ -134,3 +133,29 @@ def nudge_objective(current: torch.Tensor, words: List[str]):
         return loss(joined, ref_features=targets)[0]
 
     return objective
+
+
+# ------------------------------------------------------------------------------ did it move?
+
+def _band_db(f: Dict[str, torch.Tensor], lo: float, hi: float = 22050.0) -> float:
+    """Mean level (dB) of the mid channel's bark bands with centres in ``[lo, hi]``."""
+    c = bark_band_centres()
+    sel = torch.tensor((c >= lo) & (c <= hi))
+    return float(f["bark"][0, 0, sel].mean()) / _LN_DB
+
+
+#: For each word, how far the master moved the way the word asks (> 0: the right way), from the
+#: Audio Features before and after, on the bands of the word's target (spectral words: mid, dB).
+NUDGE_CHECKS: Dict[str, Callable[[Dict[str, torch.Tensor], Dict[str, torch.Tensor]], float]] = {
+    "brighter": lambda a, b: _band_db(b, 4000) - _band_db(a, 4000),
+    "darker": lambda a, b: _band_db(a, 4000) - _band_db(b, 4000),
+    "more air": lambda a, b: _band_db(b, 12000) - _band_db(a, 12000),
+    "warmer": lambda a, b: (_band_db(b, 120, 500) - _band_db(b, 5000)) - (_band_db(a, 120, 500) - _band_db(a, 5000)),
+    "less harsh": lambda a, b: _band_db(a, 2000, 6000) - _band_db(b, 2000, 6000),
+    "wider": lambda a, b: float(b["width"] - a["width"]),
+    "narrower": lambda a, b: float(a["width"] - b["width"]),
+    "louder": lambda a, b: float(b["rms"].mean() - a["rms"].mean()),
+    "quieter": lambda a, b: float(a["rms"].mean() - b["rms"].mean()),
+    "punchier": lambda a, b: float(b["crest"].mean() - a["crest"].mean()),
+    "smoother": lambda a, b: float(a["crest"].mean() - b["crest"].mean()),
+}

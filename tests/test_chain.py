@@ -57,6 +57,20 @@ def test_batch_items_have_their_own_parameters(song_t):
     assert torch.allclose(batch[0], one[0], atol=1e-6) and torch.allclose(batch[1], two[0], atol=1e-6)
 
 
+def test_one_theta_for_a_batch_equals_it_repeated(song_t):
+    """ITO renders its excerpts with one shared Θ (filters designed once): same audio, same gradient."""
+    x = torch.cat([song_t[..., :30000], song_t[..., 30000:60000], song_t[..., 60000:90000]])
+    a = active_params(multiband__mix=0.7, limiter__threshold=-9.0).requires_grad_(True)
+    b = a.detach().clone().requires_grad_(True)
+    ya = render_chain(x, a)
+    yb = render_chain(x, b.unsqueeze(0).expand(3, -1))
+    assert float((ya - yb).detach().abs().max()) < 1e-6
+    (ga,), (gb,) = torch.autograd.grad(ya.square().sum(), a), torch.autograd.grad(yb.square().sum(), b)
+    assert torch.allclose(ga, gb, rtol=1e-3, atol=1e-6)
+    with pytest.raises(ChainError):
+        render_chain(x, a.detach().unsqueeze(0).expand(2, -1))
+
+
 def test_eq_moves_its_bark_band(song_t):
     centres = bark_band_centres()
     band = int(np.argmin(np.abs(centres - 3000)))

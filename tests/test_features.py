@@ -97,3 +97,23 @@ def test_analyze_report_keys(song):
     for k in ("loudness_lufs", "true_peak_dbtp", "crest_db", "width", "drv_db", "bark_mid_db"):
         assert k in r
     assert len(r["bark_mid_db"]) == 24 and np.isfinite(r["loudness_lufs"])
+
+
+def test_differentiable_drv_equals_the_measure_and_has_a_gradient():
+    rng = np.random.default_rng(1)
+    sr = 44100
+    x = np.zeros((2, sr * 6))
+    for start in range(0, x.shape[1] - 4000, sr // 5):
+        hit = rng.standard_normal(3000) * np.exp(-np.arange(3000) / 400)
+        x[:, start : start + 3000] += hit * 0.8 * 10 ** (-rng.uniform(0, 15) / 20)
+    onsets = F.onset_table(x[None])
+    y = torch.from_numpy(x).unsqueeze(0).requires_grad_(True)
+    d = F.drv_torch(y, onsets)
+    assert float(d.detach()) == pytest.approx(F.drv_db(x), abs=1e-9)
+    d.backward()
+    assert torch.isfinite(y.grad).all() and float(y.grad.abs().sum()) > 0
+    # excerpts: the onsets of each batch item stay with it
+    two = np.stack([x[:, : sr * 3], x[:, sr * 3 :]])
+    d2 = F.drv_torch(torch.from_numpy(two), F.onset_table(two))
+    assert np.isfinite(float(d2))
+    assert F.drv_torch(torch.from_numpy(tone()).unsqueeze(0), F.onset_table(tone()[None])) is None

@@ -10,11 +10,11 @@ import torch
 
 from bridge.cli import main
 from engine import params as P
-from engine.features import audio_features, bark_band_centres
+from engine.features import audio_features
 from engine.ito import af_objective, choose_excerpts, excerpt_batch, optimize_embedding, optimize_params
 from engine.mastering import MasterSettings, master
 from engine.models import MasteringModel, default_weights
-from engine.nudge import NUDGES, nudge_targets, parse_nudges
+from engine.nudge import NUDGE_CHECKS, NUDGES, parse_nudges
 from engine.synth import synth_song
 
 pytestmark = pytest.mark.skipif(not default_weights("white-box").exists(),
@@ -55,6 +55,27 @@ def test_ito_keeps_the_best_step_and_stops_with_patience(model, pair):
     P.check_tensor(r.theta)
 
 
+def test_default_objective_adds_the_dynamics_term(pair):
+    from engine.chain import render_chain
+    from engine.features import drv_db, drv_torch, onset_table
+
+    x, ref = pair
+    ref_t = torch.from_numpy(ref).unsqueeze(0)
+    xb = excerpt_batch(x, [(0, 88200), (132300, 88200)])
+    y = render_chain(xb, P.default_tensor())
+    plain, with_drv = af_objective(ref_t, drv_weight=0.0), af_objective(ref_t, drv_weight=0.5)
+    drv = float(drv_torch(y, onset_table(y.numpy())))
+    assert np.isfinite(drv) and np.isfinite(drv_db(ref))
+    want = float(plain(y)) + 0.5 * (drv - drv_db(ref)) ** 2
+    assert float(with_drv(y)) == pytest.approx(want, rel=1e-5)
+    # the term pulls the limiter: squashing the peaks moves DRV, and the gradient says which way
+    th = P.ChainParams.default().with_values(**{"limiter.threshold": -12.0, "gain.gain": 6.0}).to_tensors()[0]
+    th = th.clone().requires_grad_(True)
+    dyn = af_objective(ref_t, weights={"rms": 0.0}, drv_weight=1.0)
+    dyn(render_chain(xb, th)).backward()
+    assert float(th.grad[P.PARAM_KEYS.index("limiter.threshold")]) != 0.0
+
+
 def test_ito_on_theta_lowers_the_loss(model, pair):
     x, ref = pair
     xb = excerpt_batch(x, [(0, 88200)])
@@ -73,29 +94,8 @@ def test_master_output_and_ito_improves(model, pair):
     assert b.chain is not None and len(b.z_ref) == model.cfg.embed_dim
 
 
-FEATURE_CHECKS = {
-    "brighter": lambda a, b: _band(b, 4000) - _band(a, 4000),
-    "darker": lambda a, b: _band(a, 4000) - _band(b, 4000),
-    "more air": lambda a, b: _band(b, 12000) - _band(a, 12000),
-    "warmer": lambda a, b: (_band(b, 300, 120) - _band(b, 6000)) - (_band(a, 300, 120) - _band(a, 6000)),
-    "less harsh": lambda a, b: _band(a, 4000, 2000, 6000) - _band(b, 4000, 2000, 6000),
-    "wider": lambda a, b: float(b["width"] - a["width"]),
-    "narrower": lambda a, b: float(a["width"] - b["width"]),
-    "louder": lambda a, b: float(b["rms"].mean() - a["rms"].mean()),
-    "quieter": lambda a, b: float(a["rms"].mean() - b["rms"].mean()),
-    "punchier": lambda a, b: float(b["crest"].mean() - a["crest"].mean()),
-    "smoother": lambda a, b: float(a["crest"].mean() - b["crest"].mean()),
-}
-
-
-def _band(f, lo, lo2=None, hi=22050):
-    c = bark_band_centres()
-    sel = torch.tensor((c >= (lo2 or lo)) & (c <= hi))
-    return float(f["bark"][0, 0, sel].mean())
-
-
 def test_every_word_has_a_check_and_parsing_rejects_unknown():
-    assert set(FEATURE_CHECKS) == set(NUDGES)
+    assert set(NUDGE_CHECKS) == set(NUDGES)
     assert parse_nudges("Brighter,  wider ; punchier") == ["brighter", "wider", "punchier"]
     from engine.errors import RefmasterError
 
@@ -107,7 +107,7 @@ def test_every_word_has_a_check_and_parsing_rejects_unknown():
 def test_each_nudge_moves_its_feature_on_most_songs(model):
     songs = [synth_song(s, 3.0) for s in (31, 32, 33, 34, 35)]
     failures = {}
-    for word, check in FEATURE_CHECKS.items():
+    for word, check in NUDGE_CHECKS.items():
         ok = 0
         for x in songs:
             r = master(model, x, None, MasterSettings(ito=False, nudge=word, nudge_steps=25),
@@ -236,3 +236,16 @@ def test_osc_ito_and_nudge_hooks(pair):
     assert isinstance(res.chain, P.ChainParams) and len(res.z_ref) == 2048 and seen
     req2 = ItoRequest("nudge", 5, "wider", P.ChainParams.default(), None, x, ref, lambda s, l: None)
     assert nudge(req2).loss_history
+
+
+def test_evaluate_nudges_reports_each_word_on_each_song(model, tmp_path):
+    from engine.evaluation import evaluate_nudges
+
+    for seed in (41, 42):
+        sf.write(tmp_path / f"song{seed}.wav", synth_song(seed, 4.0).T, 44100)
+    r = evaluate_nudges(model, tmp_path, songs=2, seconds=3.0, steps=6, words=["brighter", "wider"], progress=False)
+    assert r["songs"] == ["song41.wav", "song42.wav"]
+    assert set(r["moves"]) == {"brighter", "wider"}
+    assert all(np.isfinite(v) for m in r["moves"].values() for v in m.values())
+    assert r["right_way"]["brighter"] == sum(v > 0 for v in r["moves"]["brighter"].values())
+    assert r["moves"]["brighter"]["song41.wav"] > 0.05  # dB above 4 kHz, after only 6 nudge steps

@@ -1,4 +1,4 @@
-"""Parts of the mastering job that need no trained model: the loudness match."""
+"""Parts of the mastering job that need no trained model: the loudness and dynamics matches."""
 
 import math
 
@@ -7,7 +7,9 @@ import torch
 from engine import params as P
 from engine.features import integrated_loudness
 from engine.fxnorm import fx_normalize
-from engine.mastering import LOUDNESS_TOLERANCE_LU, match_loudness
+from engine.chain import render_chain
+from engine.features import drv_db
+from engine.mastering import LOUDNESS_TOLERANCE_LU, match_dynamics, match_loudness
 from engine.synth import synth_song
 
 
@@ -44,3 +46,26 @@ def test_loudness_match_stops_at_the_gain_range_and_skips_silence():
     assert info["at_limit"] and float(th[P.PARAM_KEYS.index("gain.gain")]) == P.spec("gain.gain").min
     th, y, info = match_loudness(torch.zeros(1, 2, 44100), _limited_theta(), -14.0)
     assert info["renders"] == 1 and info["gain_change_db"] == 0.0
+
+
+def test_dynamics_match_moves_drv_towards_the_reference_at_its_loudness():
+    song = synth_song(8, 10.0)
+    x = torch.from_numpy(fx_normalize(song)).unsqueeze(0)
+    gentle, hard = _limited_theta(-1.0), _limited_theta(-14.0)
+    target_lufs = -12.0
+    # two references from the same song, at the same loudness: lightly and heavily limited
+    refs = {name: match_loudness(x, th, target_lufs)[1][0].numpy() for name, th in (("gentle", gentle), ("hard", hard))}
+    drv = {k: drv_db(v) for k, v in refs.items()}
+    assert drv["gentle"] > drv["hard"] + 0.3, drv
+    for start, target in ((hard, "gentle"), (gentle, "hard")):
+        before = drv_db(match_loudness(x, start, target_lufs)[1][0].numpy())
+        th, info = match_dynamics(x, start, target_lufs, drv[target])
+        th, y, _ = match_loudness(x, th, target_lufs)
+        after = drv_db(y[0].numpy())
+        assert abs(after - drv[target]) < 0.5 * abs(before - drv[target]), (target, before, after, info)
+        assert abs(integrated_loudness(y[0].numpy()) - target_lufs) < LOUDNESS_TOLERANCE_LU
+        moved = set((th - start).abs().gt(0).nonzero().flatten().tolist())
+        assert moved <= {P.PARAM_KEYS.index("gain.gain"), P.PARAM_KEYS.index("limiter.threshold")}
+    # nothing to aim at: unchanged
+    th, info = match_dynamics(x, gentle, target_lufs, float("nan"))
+    assert torch.equal(th, gentle) and info["trials"] == []
