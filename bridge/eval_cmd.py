@@ -49,7 +49,8 @@ def cmd_eval(args) -> int:
         models["black-box"] = load_model("black-box", args.blackbox_weights)
     try:
         result = compare_systems(folder, systems, models, pairs=args.pairs, seconds=args.seconds, seed=args.seed,
-                                 ito_steps=args.ito_steps, theta_steps=args.theta_steps, ito_lr=args.lr)
+                                 ito_steps=args.ito_steps, theta_steps=args.theta_steps, ito_lr=args.lr,
+                                 drv_weight=args.drv_weight)
     except FileNotFoundError as e:
         raise RefmasterError(str(e)) from None
     if args.json:
@@ -92,6 +93,7 @@ def register(sub) -> dict:
     p.add_argument("--systems", help="comma-separated subset of: input, matchering, ours-noito, ours, ours-blackbox, ito-theta")
     p.add_argument("--ito-steps", type=int, default=100)
     p.add_argument("--lr", type=float, help="ITO learning rate on z_ref (default: the master command's)")
+    p.add_argument("--drv-weight", type=float, help="weight of the dynamics term (default: the master command's)")
     p.add_argument("--theta-steps", type=int, default=2000, help="steps of the ITO-on-Θ baseline")
     p.add_argument("--weights", help="white-box weights instead of the shipped ones")
     p.add_argument("--blackbox-weights", help="black-box weights instead of the shipped ones")

@@ -207,29 +207,32 @@ def matchering_master(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
 
 
 def run_system(name: str, x: np.ndarray, ref: np.ndarray, models: Dict[str, MasteringModel],
-               ito_steps: int = 100, theta_steps: int = 2000, ito_lr: Optional[float] = None) -> np.ndarray:
+               ito_steps: int = 100, theta_steps: int = 2000, ito_lr: Optional[float] = None,
+               drv_weight: Optional[float] = None) -> np.ndarray:
+    """One system's master of ``x`` towards ``ref``; ``ito_lr`` / ``drv_weight`` override the
+    master command's defaults (the learning rate only for ITO on z_ref)."""
     from .mastering import MasterSettings, master
 
-    lr = {"lr": ito_lr} if ito_lr is not None else {}
-
+    common = {} if drv_weight is None else {"drv_weight": drv_weight}
+    on_z = dict(common, **({} if ito_lr is None else {"lr": ito_lr}))
     if name == "input":
         return x
     if name == "matchering":
         return matchering_master(x, ref)
     if name == "ours-noito":
-        return master(models["white-box"], x, ref, MasterSettings(ito=False)).output
+        return master(models["white-box"], x, ref, MasterSettings(ito=False, **common)).output
     if name == "ours":
-        return master(models["white-box"], x, ref, MasterSettings(ito_steps=ito_steps, **lr)).output
+        return master(models["white-box"], x, ref, MasterSettings(ito_steps=ito_steps, **on_z)).output
     if name == "ours-blackbox":
-        return master(models["black-box"], x, ref, MasterSettings(ito_steps=ito_steps, **lr)).output
+        return master(models["black-box"], x, ref, MasterSettings(ito_steps=ito_steps, **on_z)).output
     if name == "ito-theta":
-        return master(models["white-box"], x, ref, MasterSettings(ito_target="params", theta_steps=theta_steps)).output
+        return master(models["white-box"], x, ref, MasterSettings(ito_target="params", theta_steps=theta_steps, **common)).output
     raise ValueError(f"unknown system {name!r} (one of {', '.join(SYSTEMS)})")
 
 
 def compare_systems(data_dir: Path, systems: Sequence[str], models: Dict[str, MasteringModel], pairs: int = 12,
                     seconds: float = 10.0, seed: int = 0, ito_steps: int = 100, theta_steps: int = 2000,
-                    ito_lr: Optional[float] = None, progress: bool = True) -> dict:
+                    ito_lr: Optional[float] = None, drv_weight: Optional[float] = None, progress: bool = True) -> dict:
     """Run ``systems`` on seeded pairs of different songs; per-pair scores and per-system medians."""
     import time as _time
 
@@ -241,7 +244,7 @@ def compare_systems(data_dir: Path, systems: Sequence[str], models: Dict[str, Ma
     for pr in todo:
         for sysname in systems:
             t0 = _time.time()
-            y = run_system(sysname, pr.input, pr.reference, models, ito_steps, theta_steps, ito_lr)
+            y = run_system(sysname, pr.input, pr.reference, models, ito_steps, theta_steps, ito_lr, drv_weight)
             took = _time.time() - t0
             release_memory()
             rows.append({"system": sysname, "input": pr.input_name, "reference": pr.reference_name,

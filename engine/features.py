@@ -224,20 +224,12 @@ def hfc_onsets(channel: np.ndarray, sample_rate: int = SAMPLE_RATE, n_fft: int =
 
 
 def drv_db(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> float:
-    """Dynamic-range variability (dB): std of the top-quartile onset peak levels, mean over channels.
+    """Dynamic-range variability (dB) of ``(2, T)`` audio: std of the top-quartile onset peak
+    levels, mean over channels (computed by :func:`drv_torch`, the one implementation).
 
     Returns NaN when a channel has fewer than 4 onsets (too little material to say).
     """
-    win = int(0.05 * sample_rate)
-    vals = []
-    for ch in np.asarray(audio, dtype=np.float64):
-        onsets = hfc_onsets(ch, sample_rate)
-        if len(onsets) < 4:
-            return float("nan")
-        levels = np.array([20 * np.log10(np.abs(ch[o : o + win]).max() + EPS) for o in onsets])
-        top = levels[levels >= np.percentile(levels, 75)]
-        vals.append(float(np.std(top)))
-    return float(np.mean(vals))
+    return segments_drv(np.asarray(audio)[None], sample_rate)
 
 
 DRV_WINDOW_S = 0.05

@@ -119,10 +119,17 @@ def excerpt_batch(audio: np.ndarray, windows: Sequence[Tuple[int, int]]) -> torc
 DRV_WEIGHT = 0.03
 
 
-def af_objective(reference: torch.Tensor, weights: Optional[Dict[str, float]] = None,
-                 drv_weight: float = DRV_WEIGHT) -> Objective:
+def join_excerpts(y: torch.Tensor) -> torch.Tensor:
+    """``(K, 2, n)`` -> ``(1, 2, K·n)``: excerpts end to end, so features describe them all at once."""
+    return y.permute(1, 0, 2).reshape(1, 2, -1)
+
+
+def af_objective(reference: Optional[torch.Tensor], weights: Optional[Dict[str, float]] = None,
+                 drv_weight: float = DRV_WEIGHT, ref_features: Optional[Dict[str, torch.Tensor]] = None,
+                 ref_drv: Optional[float] = None) -> Objective:
     """The default L_aux: Audio Feature loss of the output against a reference ``(1, 2, T)``,
     plus ``drv_weight`` × the squared DRV difference (dB) when both have enough onsets.
+    ``ref_features`` / ``ref_drv``: the reference's, when the caller has them already.
 
     The output excerpts (K, 2, n) are joined end to end before features are taken, so the
     loss compares one set of features (of the whole optimised material) with the reference's.
@@ -130,14 +137,17 @@ def af_objective(reference: torch.Tensor, weights: Optional[Dict[str, float]] = 
     optimisation), so one objective serves one optimisation.
     """
     loss = AudioFeatureLoss(weights)
-    with torch.no_grad():
-        ref_feats = audio_features(reference)
-    drv_ref = drv_db(reference[0].numpy()) if drv_weight > 0 else math.nan
+    if ref_features is None:
+        with torch.no_grad():
+            ref_features = audio_features(reference)
+    if drv_weight <= 0:
+        drv_ref = math.nan
+    else:
+        drv_ref = drv_db(reference[0].numpy()) if ref_drv is None else ref_drv
     onsets: List[list] = []
 
     def objective(y: torch.Tensor) -> torch.Tensor:
-        joined = y.permute(1, 0, 2).reshape(1, 2, -1)
-        total = loss(joined, ref_features=ref_feats)[0]
+        total = loss(join_excerpts(y), ref_features=ref_features)[0]
         if math.isfinite(drv_ref):
             if not onsets:
                 onsets.append(onset_table(y.detach().numpy()))

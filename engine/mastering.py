@@ -37,7 +37,8 @@ import torch
 from . import params as P
 from .chain import SAMPLE_RATE, render_chain
 from .fxnorm import fx_normalize, load_stats
-from .ito import DRV_WEIGHT, ITOResult, af_objective, choose_excerpts, excerpt_batch, optimize_embedding, optimize_params, FrozenWhiteBox
+from .ito import (DRV_WEIGHT, FrozenWhiteBox, ITOResult, af_objective, choose_excerpts, excerpt_batch, join_excerpts,
+                  optimize_embedding, optimize_params)
 from .features import audio_features
 from .models import MasteringModel
 from .nudge import nudge_objective, parse_nudges
@@ -175,11 +176,6 @@ def _dynamics_material(audio: torch.Tensor) -> torch.Tensor:
     return torch.cat([audio[..., s : s + n] for s in starts])
 
 
-def _joined(y: torch.Tensor) -> torch.Tensor:
-    """(K, 2, n) -> (1, 2, K·n): segments end to end, for loudness and the Audio Features."""
-    return y.permute(1, 0, 2).reshape(1, 2, -1)
-
-
 def match_dynamics(audio: torch.Tensor, theta: torch.Tensor, target_lufs: float, target_drv: float,
                    ref_features: Optional[Dict[str, torch.Tensor]] = None, drv_weight: float = DRV_WEIGHT):
     """Set the limiter threshold of ``theta`` for the reference's dynamics at its loudness;
@@ -208,7 +204,7 @@ def match_dynamics(audio: torch.Tensor, theta: torch.Tensor, target_lufs: float,
     segments = _dynamics_material(audio)
     offset = 0.0
     if segments.shape[-1] < audio.shape[-1]:
-        offset = integrated_loudness(_joined(segments)[0].numpy()) - integrated_loudness(audio[0].numpy())
+        offset = integrated_loudness(join_excerpts(segments)[0].numpy()) - integrated_loudness(audio[0].numpy())
         if not math.isfinite(offset):
             return theta, info
     af = AudioFeatureLoss() if ref_features is not None else None
@@ -220,7 +216,7 @@ def match_dynamics(audio: torch.Tensor, theta: torch.Tensor, target_lufs: float,
     pre_off = torch.arange(len(P.MODULES)) >= P.MODULES.index("gain")
     with torch.no_grad():
         pre = render_chain(segments, theta, ~pre_off, check_params=False)
-    render_rest = lambda th: _joined(render_chain(pre, th, pre_off, check_params=False))  # noqa: E731
+    render_rest = lambda th: join_excerpts(render_chain(pre, th, pre_off, check_params=False))  # noqa: E731
     K = segments.shape[0]
 
     def trial(t: float) -> dict:
@@ -306,10 +302,23 @@ def master(model: MasteringModel, x: np.ndarray, reference: Optional[np.ndarray]
     z, theta = z0, theta0
     ito_res = nudge_res = None
     callback = (lambda phase: (lambda step, loss: on_step(phase, step, loss))) if on_step else (lambda phase: None)
+    level_ref = ito_reference if ito_reference is not None else reference
+    ref_stats: Dict[str, object] = {}
+
+    def target_stats():
+        """The features and DRV of the reference ITO and the matches aim at, computed once."""
+        if not ref_stats:
+            from .features import drv_db
+
+            with torch.no_grad():
+                ref_stats["features"] = audio_features(torch.from_numpy(level_ref).unsqueeze(0))
+            ref_stats["drv"] = drv_db(level_ref)
+        return ref_stats["features"], ref_stats["drv"]
+
     if s.ito:
         t2 = time.time()
-        ref_t = torch.from_numpy(ito_reference if ito_reference is not None else reference).unsqueeze(0)
-        objective = af_objective(ref_t, drv_weight=s.drv_weight)
+        ref_feats, ref_drv = target_stats()
+        objective = af_objective(None, drv_weight=s.drv_weight, ref_features=ref_feats, ref_drv=ref_drv)
         if s.ito_target == "params":
             if not white:
                 raise ValueError("ITO on Θ needs the white-box model")
@@ -324,18 +333,16 @@ def master(model: MasteringModel, x: np.ndarray, reference: Optional[np.ndarray]
     loudness = None
     full = torch.from_numpy(x_norm).unsqueeze(0)
     y = None
-    level_ref = ito_reference if ito_reference is not None else reference
     dynamics = None
     theta_ito = theta
     if white and s.match_loudness and level_ref is not None:
-        from .features import drv_db, integrated_loudness
+        from .features import integrated_loudness
 
         t5 = time.time()
         target_lufs = integrated_loudness(level_ref)
         if s.match_dynamics:
-            with torch.no_grad():
-                ref_feats = audio_features(torch.from_numpy(level_ref).unsqueeze(0))
-            theta, dynamics = match_dynamics(full, theta, target_lufs, drv_db(level_ref),
+            ref_feats, ref_drv = target_stats()
+            theta, dynamics = match_dynamics(full, theta, target_lufs, ref_drv,
                                              {k: v.double() for k, v in ref_feats.items()}, s.drv_weight)
         theta, y, loudness = match_loudness(full, theta, target_lufs)
         t["loudness"] = time.time() - t5
@@ -346,8 +353,7 @@ def master(model: MasteringModel, x: np.ndarray, reference: Optional[np.ndarray]
         t3 = time.time()
         with torch.no_grad():
             current = render_chain(xb, theta, check_params=False) if white else model.converter(xb, z.expand(xb.shape[0], -1))[0]
-        joined = current.permute(1, 0, 2).reshape(1, 2, -1)
-        objective = nudge_objective(joined, words)
+        objective = nudge_objective(join_excerpts(current), words)
         if s.ito_target == "params" and white:
             nudge_res = optimize_params(xb, theta, objective, steps=s.nudge_steps * 4, lr=s.theta_lr,
                                         patience=max(s.patience, 20), on_step=callback("nudge"))

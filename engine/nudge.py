@@ -34,6 +34,7 @@ import torch
 
 from .errors import RefmasterError
 from .features import audio_features, bark_band_centres
+from .ito import join_excerpts
 
 _LN_DB = math.log(10.0) / 20.0  # dB -> natural-log magnitude
 
@@ -129,8 +130,7 @@ def nudge_objective(current: torch.Tensor, words: List[str]):
     loss = AudioFeatureLoss(NUDGE_WEIGHTS)
 
     def objective(y: torch.Tensor) -> torch.Tensor:
-        joined = y.permute(1, 0, 2).reshape(1, 2, -1)
-        return loss(joined, ref_features=targets)[0]
+        return loss(join_excerpts(y), ref_features=targets)[0]
 
     return objective
 

@@ -18,12 +18,12 @@ import platform
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import numpy as np
 import torch
 
-from .dataset import HELD_OUT, ExampleSource, list_songs, load_songs, make_example, synth_entry
+from .dataset import HELD_OUT, ExampleSource, list_songs, load_songs, synth_entry
 from .fxnorm import load_stats
 from .losses import MultiScaleSpectralLoss
 from .models import MasteringModel, ModelConfig

@@ -7,7 +7,6 @@ import torch
 from engine import params as P
 from engine.features import integrated_loudness
 from engine.fxnorm import fx_normalize
-from engine.chain import render_chain
 from engine.features import drv_db
 from engine.mastering import LOUDNESS_TOLERANCE_LU, match_dynamics, match_loudness
 from engine.synth import synth_song
