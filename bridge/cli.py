@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "bridge.bench",
     "bridge.demo",
     "bridge.train_cmd",
+    "bridge.corpus_cmd",
     "bridge.master_cmd",
     "bridge.eval_cmd",
     "bridge.preset_cmd",

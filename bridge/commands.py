@@ -141,16 +141,19 @@ def cmd_fxnorm_stats(args) -> int:
     folder = Path(args.folder)
     if not folder.is_dir():
         raise RefmasterError(f"{folder}: not a folder")
-    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in READ_EXTENSIONS)
+    if args.corpus:
+        from engine.corpus import split_files
+
+        files = split_files(folder, "train")  # the statistics of what the models train on, never of test songs
+    else:
+        files = sorted(f for f in folder.iterdir() if f.suffix.lower() in READ_EXTENSIONS)
     if not files:
         raise RefmasterError(f"{folder}: no audio files ({', '.join(READ_EXTENSIONS)})")
-    songs = {}
-    for f in tqdm(files, desc="analysing", unit="song"):
-        songs[f.name] = load_audio(f).audio
+    songs = ((f.name, load_audio(f).audio) for f in tqdm(files, desc="analysing", unit="song"))
     stats = compute_stats(songs)
     out = Path(args.output) if args.output else STATS_PATH
     out.write_text(json.dumps(stats, indent=1) + "\n")
-    print(f"{out}: {len(songs)} songs, target {stats['loudness_lufs']:.1f} LUFS, "
+    print(f"{out}: {len(stats['songs'])} songs, target {stats['loudness_lufs']:.1f} LUFS, "
           f"side/mid {stats['side_mid_ratio']:.3f}")
     return 0
 
@@ -185,7 +188,8 @@ def register(sub) -> dict:
     p.add_argument("--seconds", type=float, default=20.0)
 
     p = sub.add_parser("fxnorm-stats", help="compute the Fx-normalisation statistics from a folder of songs")
-    p.add_argument("folder")
+    p.add_argument("folder", help="a folder of songs, or with --corpus a corpus folder")
+    p.add_argument("--corpus", action="store_true", help="FOLDER is a corpus: use its train split only")
     p.add_argument("-o", "--output", help="where to write (default: the engine's data file)")
     return {"params": cmd_params, "analyze": cmd_analyze, "render": cmd_render, "synth": cmd_synth,
             "fxnorm-stats": cmd_fxnorm_stats}

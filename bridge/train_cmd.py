@@ -32,14 +32,16 @@ def cmd_train(args) -> int:
     for field in ("steps", "batch", "lr"):
         if getattr(args, field) is not None:
             cfg = replace(cfg, **{field: getattr(args, field)})
-    data = Path(args.data) if args.data else (DEFAULT_DATA if DEFAULT_DATA.is_dir() else None)
+    data = None if args.no_data else Path(args.data) if args.data else (DEFAULT_DATA if DEFAULT_DATA.is_dir() else None)
     if data is not None and not data.is_dir():
         raise RefmasterError(f"{data}: no such folder of training songs")
-    if data is None:
+    if data is None and not args.corpus:
         print("note: no real music found; training on synthesised songs only")
     torch.set_num_threads(args.threads or torch.get_num_threads())
     out = Path(args.out or f"runs/{args.model}")
-    summary = train(cfg, out, data, device=device, resume=not args.fresh, minutes=args.minutes)
+    corpus = Path(args.corpus) if args.corpus else None
+    summary = train(cfg, out, data, device=device, resume=not args.fresh, minutes=args.minutes, corpus=corpus,
+                    stats_path=Path(args.fxnorm_stats) if args.fxnorm_stats else None)
     print(json.dumps({k: summary[k] for k in ("kind", "steps", "wall_time_s", "val_loss", "val_unprocessed_loss",
                                               "val_ratio_median")}, indent=2))
     print(f"weights: {out / (args.model + '.safetensors')}; curves: {out / 'loss.png'}, {out / 'train.csv'}")
@@ -118,6 +120,9 @@ def register(sub) -> dict:
     p.add_argument("--config", choices=["cpu", "cuda"], help="named size (default: by device)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--data", help=f"folder of real songs (default: {DEFAULT_DATA} if present)")
+    p.add_argument("--corpus", help="a corpus folder (`refmaster corpus build`): train on its train split, validate on its validation split")
+    p.add_argument("--no-data", action="store_true", help="no folder of real songs besides --corpus")
+    p.add_argument("--fxnorm-stats", help="f_norm statistics to train with (default: the shipped ones)")
     p.add_argument("--out", help="run folder (default: runs/MODEL)")
     p.add_argument("--steps", type=int)
     p.add_argument("--batch", type=int)

@@ -62,16 +62,21 @@ def side_mid_ratio(audio: np.ndarray) -> float:
     return float(np.sum(s * s) / (np.sum(m * m) + _EPS))
 
 
-def compute_stats(songs: Dict[str, np.ndarray], sample_rate: int = SAMPLE_RATE) -> dict:
-    """Mean statistics over ``{name: (2, T) audio}``: the content of the stats file."""
-    if not songs:
+def compute_stats(songs, sample_rate: int = SAMPLE_RATE) -> dict:
+    """Mean statistics over ``{name: (2, T) audio}`` (or an iterable of ``(name, audio)`` pairs,
+    read once, so a large corpus need not be in memory at once): the content of the stats file."""
+    names, shapes, ratios, louds = [], [], [], []
+    for name, a in (songs.items() if isinstance(songs, dict) else songs):
+        names.append(name)
+        shapes.append(band_shape_db(a, sample_rate))
+        ratios.append(max(side_mid_ratio(a), 1e-6))
+        louds.append(integrated_loudness(a, sample_rate))
+    if not names:
         raise RefmasterError("fxnorm-stats: no songs to compute statistics from")
-    shapes = np.stack([band_shape_db(a, sample_rate) for a in songs.values()])
-    ratios = np.array([max(side_mid_ratio(a), 1e-6) for a in songs.values()])
-    louds = np.array([integrated_loudness(a, sample_rate) for a in songs.values()])
+    shapes, ratios, louds = np.stack(shapes), np.array(ratios), np.array(louds)
     return {
         "version": 1,
-        "songs": sorted(songs),
+        "songs": sorted(names),
         "band_centres_hz": [round(float(c), 3) for c in third_octave_centres()],
         "spectrum_shape_db": [round(float(v), 3) for v in shapes.mean(0)],
         "side_mid_ratio": round(float(np.exp(np.log(ratios).mean())), 6),

@@ -23,7 +23,7 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 
-from .dataset import HELD_OUT, ExampleSource, list_songs, load_songs, synth_entry
+from .dataset import CORPUS_EXCERPT_SECONDS, HELD_OUT, ExampleSource, list_songs, load_songs, synth_entry
 from .fxnorm import load_stats
 from .losses import MultiScaleSpectralLoss
 from .models import MasteringModel, ModelConfig
@@ -78,10 +78,16 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * min(1.0, t)))
 
 
-def validation_set(data_dir: Optional[Path], cfg: TrainConfig, stats: dict, device) -> Dict[str, torch.Tensor]:
-    """Fixed examples from the held-out songs (or held-out synthesised songs without real music)."""
+def validation_set(data_dir: Optional[Path], cfg: TrainConfig, stats: dict, device,
+                   corpus: Optional[Path] = None) -> Dict[str, torch.Tensor]:
+    """Fixed examples from the held-out songs: the corpus validation split when training on the
+    corpus, else the held-out songs of ``data_dir`` (or held-out synthesised songs)."""
     rng = np.random.default_rng(12345)
-    if data_dir is not None and list_songs(data_dir, names=HELD_OUT):
+    if corpus is not None:
+        from .corpus import split_files
+
+        songs = load_songs(split_files(corpus, "validation"), stats, max_seconds=CORPUS_EXCERPT_SECONDS, seed=12345)
+    elif data_dir is not None and list_songs(data_dir, names=HELD_OUT):
         songs = load_songs(list_songs(data_dir, names=HELD_OUT), stats)
     else:
         songs = [synth_entry(s, 20.0, stats) for s in (900001, 900002)]
@@ -141,18 +147,32 @@ def _plot(out_dir: Path, kind: str) -> None:
 
 
 def train(cfg: TrainConfig, out_dir: Path, data_dir: Optional[Path], device: str = "cpu", resume: bool = True,
-          minutes: Optional[float] = None, progress: bool = True, model_cfg: Optional[ModelConfig] = None) -> dict:
-    """Train; returns a summary dict (also written to ``out_dir/summary.json``)."""
+          minutes: Optional[float] = None, progress: bool = True, model_cfg: Optional[ModelConfig] = None,
+          corpus: Optional[Path] = None, stats_path: Optional[Path] = None) -> dict:
+    """Train; returns a summary dict (also written to ``out_dir/summary.json``).
+
+    ``corpus``: a folder built by `refmaster corpus build`; its train split (one seeded excerpt of
+    each song, :data:`engine.dataset.CORPUS_EXCERPT_SECONDS`) joins the songs of ``data_dir`` and
+    its validation split is the validation set. ``stats_path``: f_norm statistics to train with
+    (those of the corpus train split, from `refmaster fxnorm-stats --corpus`); they are copied into
+    the run folder, since a model must be used with the statistics it was trained with.
+    """
     from tqdm import tqdm
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    stats = load_stats()
+    stats = load_stats(stats_path)
+    (out_dir / "fxnorm_stats.json").write_text(json.dumps(stats, indent=1) + "\n")
     model = MasteringModel(model_cfg or ModelConfig(kind=cfg.kind)).to(device)
     opt = torch.optim.RAdam(model.parameters(), lr=cfg.lr)
     loss_fn = MultiScaleSpectralLoss()
     real = load_songs(list_songs(data_dir, exclude=HELD_OUT), stats) if data_dir is not None else []
+    if corpus is not None:
+        from .corpus import split_files
+
+        real += load_songs(split_files(corpus, "train"), stats, max_seconds=CORPUS_EXCERPT_SECONDS, seed=cfg.seed,
+                           progress=progress)
     ckpt_path = out_dir / "checkpoint.pt"
     step, elapsed_before = 0, 0.0
     data_seed = cfg.seed
@@ -170,7 +190,7 @@ def train(cfg: TrainConfig, out_dir: Path, data_dir: Optional[Path], device: str
         torch.set_rng_state(ck["torch_rng"])
     source = ExampleSource(real, seed=data_seed, synth_pool=cfg.synth_pool, synth_seconds=cfg.synth_seconds,
                            real_prob=cfg.real_prob, stats=stats)
-    val = validation_set(data_dir, cfg, stats, device)
+    val = validation_set(data_dir, cfg, stats, device, corpus)
     mode = "a" if step > 0 else "w"
     tr_f = open(out_dir / "train.csv", mode, newline="")
     va_f = open(out_dir / "val.csv", mode, newline="")
@@ -244,7 +264,8 @@ def train(cfg: TrainConfig, out_dir: Path, data_dir: Optional[Path], device: str
                     + (f", {torch.cuda.get_device_name(0)}" if device.startswith("cuda") else ""),
         "torch": torch.__version__, "seed": cfg.seed, "train_config": asdict(cfg), "model_config": asdict(model.cfg),
         "parameters": model.num_parameters(), "held_out": list(HELD_OUT),
-        "training_songs": [s.name for s in real], "synth_songs_seen": source.next_seed - (1_000_000 + data_seed * 10_000) + 0,
+        "training_songs": [s.name for s in real], "corpus": str(corpus) if corpus else None,
+        "fxnorm_stats": stats.get("songs_source", str(stats_path) if stats_path else "engine/data/fxnorm_stats.json"), "synth_songs_seen": source.next_seed - (1_000_000 + data_seed * 10_000) + 0,
         "val_loss": last_val[0], "val_unprocessed_loss": last_val[1], "val_ratio_median": last_val[2],
     }
     model.save(out_dir / f"{cfg.kind}.safetensors", meta=summary)
