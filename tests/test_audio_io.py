@@ -83,3 +83,28 @@ def test_writes_24_bit_atomically_and_counts_clipping(tmp_path, noise):
     assert np.abs(back[:, 10:] - x[:, 10:]).max() < 1e-6
     with pytest.raises(AudioError):
         write_audio(tmp_path / "o.mp3", x)
+
+
+def test_write_audio_never_leaves_a_half_written_file(tmp_path, monkeypatch):
+    """A write that fails half-way (disk full, a kill) leaves the previous file as it was and no
+    temporary file: the audio is written beside it and renamed into place."""
+    import hashlib
+
+    import soundfile
+
+    from engine.audio_io import write_audio
+
+    out = tmp_path / "master.wav"
+    write_audio(out, np.full((2, 44100), 0.1, np.float32))
+    before = hashlib.sha256(out.read_bytes()).hexdigest()
+    real_write = soundfile.write
+
+    def failing_write(file, data, *a, **k):
+        real_write(file, data[: len(data) // 4], *a, **k)  # a quarter reaches the disk, then it fails
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(soundfile, "write", failing_write)
+    with pytest.raises(Exception):  # the OSError, or the one-line error it becomes
+        write_audio(out, np.full((2, 88200), 0.2, np.float32))
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["master.wav"]

@@ -52,6 +52,35 @@ def test_analyze_table_and_json(capsys, wav, tmp_path):
     code, out, _ = run(capsys, "analyze", wav, "--json", "--plot", tmp_path / "a.png")
     r = json.loads(out)
     assert code == 0 and r["duration_s"] == pytest.approx(8.0) and (tmp_path / "a.png").stat().st_size > 1000
+    # the table shows the same measurements as the JSON
+    code, table, _ = run(capsys, "analyze", wav)
+    assert re.search(rf"loudness\s+{r['loudness_lufs']:.1f} LUFS", table)
+    assert re.search(rf"true peak\s+{r['true_peak_dbtp']:.1f} dBTP", table)
+    assert re.search(rf"DRV\s+{r['drv_db']:.2f} dB", table)
+
+
+def test_analyze_measures_a_known_signal(capsys, tmp_path):
+    """A 997 Hz sine, 0.25 left and 0.125 right: every figure follows from the definitions
+    (BS.1770: a 997 Hz sine's K-weighted power is its power; width = side/mid energy with
+    mid = L + R, side = L − R; imbalance = (E_R − E_L) / (E_R + E_L))."""
+    t = np.arange(44100 * 4) / 44100
+    s = np.sin(2 * np.pi * 997 * t)
+    f = tmp_path / "sine.wav"
+    sf.write(f, np.stack([0.25 * s, 0.125 * s]).T, 44100, subtype="FLOAT")
+    code, out, err = run(capsys, "analyze", f, "--json")
+    assert code == 0, err
+    r = json.loads(out)
+    power = 0.25 ** 2 / 2 + 0.125 ** 2 / 2
+    assert r["loudness_lufs"] == pytest.approx(10 * np.log10(power), abs=0.1)
+    assert r["sample_peak_dbfs"] == pytest.approx(20 * np.log10(0.25), abs=0.01)
+    assert r["true_peak_dbtp"] == pytest.approx(20 * np.log10(0.25), abs=0.05)
+    assert r["rms_dbfs"] == pytest.approx(10 * np.log10(power / 2), abs=0.01)
+    assert r["crest_db"] == pytest.approx(10 * np.log10(2), abs=0.05)
+    assert r["width"] == pytest.approx((0.125 / 0.375) ** 2, rel=1e-3)
+    assert r["imbalance"] == pytest.approx(-0.6, abs=1e-3)
+    # the balance is relative: the mid band holding 997 Hz is the loudest
+    centres = np.array(r["bark_centres_hz"])
+    assert int(np.argmax(r["bark_mid_db"])) == int(np.argmin(np.abs(np.log(centres / 997))))
 
 
 def test_render_writes_same_length_24_bit(capsys, wav, params_file, tmp_path):

@@ -178,6 +178,15 @@ def test_render_with_a_preset(capsys, tmp_path, wav):
     code, stdout, err = run(capsys, "render", wav, "--preset", "bright master", "--presets", tmp_path / "presets",
                             "--backend", "onnx", "-o", out)
     assert code == 0, err
+    # the file is the preset's chain, rendered: the offline Torch render of that Θ, to 24-bit precision
+    from bridge.commands import render_offline
+
+    x, _ = read(wav)
+    want = np.clip(render_offline(x, theta), -1, 1)
+    got, _ = read(out)
+    assert got.shape == want.shape and np.abs(got - want).max() < 1e-4
+    neutral = render_offline(x, P.ChainParams.default())
+    assert np.abs(got - neutral).max() > 0.01
     code, _, err = run(capsys, "render", wav, "--preset", "no such preset", "--presets", tmp_path / "presets",
                        "-o", tmp_path / "q.wav")
     assert code == 2 and len(err.strip().splitlines()) == 1
@@ -193,7 +202,20 @@ def test_export_pedalboard_then_render(capsys, tmp_path, wav, theta_file):
     assert data["schema"] == "refmaster.pedalboard/1" and data["info"]["evaluations"] >= 30
     out_file = tmp_path / "pb.wav"
     code, stdout, err = run(capsys, "render", wav, "--backend", "pedalboard", "--pedalboard", settings, "-o", out_file)
-    assert code == 0, err and "pedalboard backend" in stdout
+    assert code == 0, err
+    assert "pedalboard backend" in stdout
+    # the render uses the calibration in the file: it equals the calibrated chain's output, and the
+    # calibration changed something (the uncalibrated mapping of the same Θ sounds different)
+    from export.pedalboard_chain import PedalboardSettings, PedalboardStreamingChain
+
+    cal = PedalboardSettings.load(settings)
+    assert any(abs(v) > 1e-6 for v in cal.calibration.values())
+    x, _ = read(wav)
+    got, _ = read(out_file)
+    calibrated = PedalboardStreamingChain(settings=cal).render(x)
+    plain = PedalboardStreamingChain(cal.params).render(x)
+    assert np.abs(got - np.clip(calibrated, -1, 1)).max() < 1e-4
+    assert np.abs(calibrated - plain).max() > 1e-3
 
 
 @pytest.mark.slow
