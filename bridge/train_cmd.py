@@ -117,7 +117,7 @@ def cmd_eval_synthetic(args) -> int:
 def register(sub) -> dict:
     p = sub.add_parser("train", help="train the reference encoder and a converter (resumable)")
     p.add_argument("--model", choices=["white-box", "black-box"], default="white-box")
-    p.add_argument("--config", choices=["cpu", "cuda"], help="named size (default: by device)")
+    p.add_argument("--config", choices=["cpu", "cpu-corpus", "cuda"], help="named size (default: by device)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--data", help=f"folder of real songs (default: {DEFAULT_DATA} if present)")
     p.add_argument("--corpus", help="a corpus folder (`refmaster corpus build`): train on its train split, validate on its validation split")

@@ -55,6 +55,8 @@ class TrainConfig:
 #: 1200 steps, 50 min; see engine/weights/MODEL_CARD.md); "cuda" for a GPU.
 CONFIGS: Dict[str, TrainConfig] = {
     "cpu": TrainConfig(steps=1200, max_minutes=115.0),
+    # the corpus (`refmaster corpus build`): mostly real music, long enough to span work sessions
+    "cpu-corpus": TrainConfig(steps=4000, real_prob=0.8),
     "cuda": TrainConfig(steps=20000, batch=32, seg_seconds=5.0, ref_seconds=10.0, synth_pool=64,
                         synth_refresh_every=1, val_every=250, val_examples=64, ckpt_every=250, lr=3e-4),
 }

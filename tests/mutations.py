@@ -134,6 +134,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("-k", dest="keyword", help="only mutations whose name contains this")
     ap.add_argument("--list", action="store_true", help="list the mutations and check that each still applies")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per mutation's test run")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the run of the tests without any mutation")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).parent))
     muts = [m for m in all_mutations() if (not args.quick or m.quick) and (not args.keyword or args.keyword in m.name)]
@@ -153,6 +154,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if not where.startswith(str(pristine)):
             print(f"the tests would import engine from {where!r}, not from the mutated copy")
             return 2
+        if not args.list and not args.no_baseline:
+            # a test that fails without any mutation would make every "caught" meaningless
+            tests = sorted({t for m in muts for t in m.tests})
+            passed, tail = run_tests(pristine, tests, args.timeout * 2)
+            print(f"baseline (no mutation, {len(tests)} test ids): {'pass' if passed else 'FAIL'}  {tail[:90]}", flush=True)
+            if not passed:
+                return 2
         for i, m in enumerate(muts, 1):
             work = Path(tmp) / f"m{i}"
             shutil.copytree(pristine, work, symlinks=True)
