@@ -35,7 +35,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from .errors import ParamError
+from engine.errors import ParamError
 
 MODULES: Tuple[str, ...] = ("eq", "distortion", "multiband", "gain", "imager", "limiter")
 

@@ -2,7 +2,7 @@
 
 pedalboard's compressors are not torchcomp's (see :mod:`export.pedalboard_chain`), so for a
 given Θ and track we search the calibration offsets (thresholds, ratios, times, output trim)
-that minimise the Audio Feature distance (:mod:`engine.features`, SPEC's AF loss) between the
+that minimise the Audio Feature distance (:mod:`engine.analysis.features`, SPEC's AF loss) between the
 pedalboard render and the Torch render. The search is gradient-free (pedalboard is not
 differentiable): CMA-ES from the ``cma`` package, in a box normalised to −1…1 per offset,
 starting from the plain mapping (all offsets zero). Only the offsets of modules that are on
@@ -25,10 +25,10 @@ import numpy as np
 import torch
 
 from engine import params as P
-from engine.chain import SAMPLE_RATE, render_chain
-from engine.features import AF_WEIGHTS, af_distance, analyze, audio_features, feature_distance, integrated_loudness
+from engine.dsp.chain import SAMPLE_RATE, render_chain
+from engine.analysis.features import AF_WEIGHTS, af_distance, analyze, audio_features, feature_distance, integrated_loudness
 
-from .pedalboard_chain import CALIBRATION, PedalboardSettings, PedalboardStreamingChain, calibration_keys
+from export.pedalboard_chain import CALIBRATION, PedalboardSettings, PedalboardStreamingChain, calibration_keys
 
 #: Default length of audio the calibration renders per evaluation (the middle of the track).
 CALIBRATION_SECONDS = 20.0

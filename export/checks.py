@@ -5,7 +5,7 @@
 * :func:`render_memory`: peak memory of `refmaster render` on a long synthesised file.
 * :func:`bench_render`: real-time factor and p99 block time per backend and block size.
 
-Random Θ are draws of the training manipulation f (:func:`engine.manipulation.random_manipulation`)
+Random Θ are draws of the training manipulation f (:func:`engine.model.manipulation.random_manipulation`)
 with every module switched on, so every module is exercised.
 """
 
@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from engine import params as P
-from engine.chain import SAMPLE_RATE
-from engine.manipulation import random_manipulation
+from engine.dsp.chain import SAMPLE_RATE
+from engine.model.manipulation import random_manipulation
 
 #: Block configurations of the exactness check: fixed sizes, and sizes drawn at random.
 BLOCK_CONFIGS: Sequence[str] = ("32", "64", "128", "256", "512", "1024", "2048", "4096", "random")
@@ -69,7 +69,7 @@ def long_enough(files: Sequence[Path], seconds: float) -> List[Path]:
 
 def load_excerpt(path, seconds: float, offset_s: float = 30.0) -> np.ndarray:
     """``seconds`` of a song from ``offset_s`` (or from where it still fits)."""
-    from engine.audio_io import load_audio
+    from engine.io.audio import load_audio
 
     x = load_audio(path).audio
     n = int(seconds * SAMPLE_RATE)
@@ -85,8 +85,8 @@ def exactness(songs: Dict[str, np.ndarray], thetas: Sequence[P.ChainParams], con
     configuration ``i mod len(configs)`` only (the quick version the test runs).
     Returns one row per (Θ, configuration).
     """
-    from .calibrate import torch_render
-    from .streaming import OnnxStreamingChain
+    from export.calibrate import torch_render
+    from export.streaming import OnnxStreamingChain
 
     names = sorted(songs)
     chain = OnnxStreamingChain()
@@ -114,8 +114,8 @@ def pedalboard_fidelity(songs: Dict[str, np.ndarray], thetas: Sequence[P.ChainPa
                         progress: Optional[Callable[[str], None]] = None) -> List[dict]:
     """For every song × Θ: fidelity of the pedalboard chain to the Torch render, uncalibrated and
     after calibrating on that song (the same excerpt the figures are measured on)."""
-    from .calibrate import calibrate, excerpt, fidelity, torch_render
-    from .pedalboard_chain import PedalboardStreamingChain
+    from export.calibrate import calibrate, excerpt, fidelity, torch_render
+    from export.pedalboard_chain import PedalboardStreamingChain
 
     rows = []
     for song, audio in sorted(songs.items()):
@@ -140,8 +140,8 @@ def pedalboard_fidelity(songs: Dict[str, np.ndarray], thetas: Sequence[P.ChainPa
 def torch_segments(songs: Dict[str, np.ndarray], thetas: Sequence[P.ChainParams],
                    progress: Optional[Callable[[str], None]] = None) -> List[dict]:
     """Max |segmented Torch stream − whole-file Torch render| (`render --backend torch`)."""
-    from .calibrate import torch_render
-    from .streaming import TorchSegmentChain
+    from export.calibrate import torch_render
+    from export.streaming import TorchSegmentChain
 
     rows = []
     for song, x in sorted(songs.items()):
@@ -161,7 +161,7 @@ def write_long_synth(path, minutes: float, distinct: int = 4, seed: int = 100, p
     as 24-bit wav, a piece at a time; returns the length in seconds."""
     import soundfile as sf
 
-    from engine.synth import synth_song
+    from engine.model.synth import synth_song
 
     pieces = [synth_song(seed + i, piece_seconds) for i in range(distinct)]
     total = int(round(minutes * 60 * SAMPLE_RATE))
@@ -233,8 +233,8 @@ def bench_render(audio: np.ndarray, theta: P.ChainParams, backends: Sequence[str
     the whole excerpt (its streaming form renders 24 s segments, so a per-block time means
     nothing): one row with its real-time factor.
     """
-    from .calibrate import torch_render
-    from .streaming import make_chain
+    from export.calibrate import torch_render
+    from export.streaming import make_chain
 
     torch.set_num_threads(1)
     seconds = audio.shape[1] / SAMPLE_RATE

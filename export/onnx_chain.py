@@ -14,8 +14,8 @@ Inputs:
 
 Outputs: ``out`` float32 ``(2, N)`` and ``next_state`` float64 ``(STATE_SIZE,)``.
 
-``out`` is the offline render :func:`engine.chain.render_chain` delayed by
-:data:`engine.chain.CHAIN_LATENCY` (128) samples: the first 128 samples of a stream are silence,
+``out`` is the offline render :func:`engine.dsp.chain.render_chain` delayed by
+:data:`engine.dsp.chain.CHAIN_LATENCY` (128) samples: the first 128 samples of a stream are silence,
 and feeding 128 zeros after the last block returns the render's last 128 samples. Parameters
 and switches are read on every call, and the filter coefficients are designed inside the graph
 from them (a hand edit needs no re-export). The model's metadata holds the schema (names, units,
@@ -55,11 +55,11 @@ import numpy as np
 import onnx
 
 from engine import params as P
-from engine.chain import CHAIN_LATENCY, EQ_BANDS, MB_BANDS, SAMPLE_RATE
-from engine.dynamics import CONTROL_HOP, EXP_RATIO_FLOOR, PEAK_FLOOR, POWER_FLOOR, rms_coef
-from engine.filters import BUTTERWORTH_Q
+from engine.dsp.chain import CHAIN_LATENCY, EQ_BANDS, MB_BANDS, SAMPLE_RATE
+from engine.dsp.dynamics import CONTROL_HOP, EXP_RATIO_FLOOR, PEAK_FLOOR, POWER_FLOOR, rms_coef
+from engine.dsp.filters import BUTTERWORTH_Q
 
-from .onnx_builder import GraphBuilder, Value
+from export.onnx_builder import GraphBuilder, Value
 
 OPSET = 18
 HOP = CONTROL_HOP
@@ -70,7 +70,7 @@ FIFO_LEN = CHAIN_LATENCY - PIPELINE_DELAY
 assert FIFO_LEN >= HOP - 1, (CHAIN_LATENCY, HOP)
 
 #: torchcomp's ``ms2coef(ms, sr) = 1 - exp(-TORCHCOMP_MS_SCALE / ms / sr)`` (a 10-90 % rise
-#: time in ms); tests check the graph's coefficients against :func:`engine.dynamics.time_coef`.
+#: time in ms); tests check the graph's coefficients against :func:`engine.dsp.dynamics.time_coef`.
 TORCHCOMP_MS_SCALE = 2200.0
 #: Gate that turns the relus of the ballistics RNN off on the second step of each frame.
 _GATE_OFF = -1e30
@@ -312,7 +312,7 @@ def _filter(g: GraphBuilder, x: Value, x64: Value, s0: Value, mats: Dict[str, Va
 # ------------------------------------------------------------------------------ dynamics
 
 def _time_coef(g: GraphBuilder, ms: Value) -> Value:
-    """:func:`engine.dynamics.time_coef` in float32, same operations in the same order."""
+    """:func:`engine.dsp.dynamics.time_coef` in float32, same operations in the same order."""
     t = g.op("Div", g.op("Div", g.const(F32(-TORCHCOMP_MS_SCALE)), ms), g.const(F32(SAMPLE_RATE / HOP)))
     return g.op("Sub", g.const(F32(1.0)), g.op("Exp", t), hint="coef")
 
@@ -360,7 +360,7 @@ def _last_or(g: GraphBuilder, first: Value, seq: Value) -> Tuple[Value, Value]:
 
 
 def _ramp_gain(g: GraphBuilder, gains: Value, g_prev: Value, a_prev: Value, k: int):
-    """Lookahead ramp (:func:`engine.dynamics.lookahead_gain`) for the frames delayed by one.
+    """Lookahead ramp (:func:`engine.dsp.dynamics.lookahead_gain`) for the frames delayed by one.
 
     ``gains`` ``(F, k)`` are the frame gains of this call, ``g_prev``/``a_prev`` ``(1, k)`` the
     last gain and the last ramp end of the previous call. Returns the per-sample gain of the
@@ -444,7 +444,7 @@ def _coefficients(g: GraphBuilder, prm: Value) -> Dict[str, Value]:
     one = g.const(F32(1.0))
     c["distortion.drive"] = db_to_gain(param("distortion.drive"))
     c["distortion.mix"] = param("distortion.mix")
-    # engine.dynamics.compexp_curve's slopes; time_coef's one-pole coefficients
+    # engine.dsp.dynamics.compexp_curve's slopes; time_coef's one-pole coefficients
     c["multiband.comp_slope"] = g.op("Sub", one, g.op("Div", one, param(*_per_band("comp_ratio"))))
     c["multiband.exp_slope"] = g.op("Sub", one, g.op("Div", one, g.op("Max", param(*_per_band("exp_ratio")),
                                                                        g.const(F32(EXP_RATIO_FLOOR)))))
@@ -591,7 +591,7 @@ def build_graph(defaults: Optional[P.ChainParams] = None) -> GraphBuilder:
                               g.reshape(s["mb_rms"], [1, 1, N_BANDS]), N_BANDS)
         rms_seq = g.reshape(rms_seq, [-1, N_BANDS])                                      # (F, 3)
         _, rms_next = _last_or(g, g.reshape(s["mb_rms"], [1, N_BANDS]), rms_seq)
-        # static curve (engine.dynamics.compexp_curve): min(0, CS (CT - L), ES (ET - L)) dB
+        # static curve (engine.dsp.dynamics.compexp_curve): min(0, CS (CT - L), ES (ET - L)) dB
         level = g.op("Mul", g.op("Log", g.op("Add", rms_seq, g.const(F32(POWER_FLOOR)))),
                      g.const(F32(10.0 / math.log(10.0))))
         gdb = g.op("Min", g.op("Mul", coef["multiband.comp_slope"], g.op("Sub", coef["multiband.comp_threshold"], level)),

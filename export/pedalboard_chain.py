@@ -6,7 +6,7 @@ in NumPy between boards, all streaming with state:
 1. board ``pre``: ``LowShelfFilter``, four ``PeakFilter``, ``HighShelfFilter`` (the same RBJ
    designs as the Torch EQ), then the parallel saturation as ``Mix([Gain(dry), Pedalboard(
    [Distortion(drive), Gain(wet)])])`` (pedalboard's Distortion is ``tanh(drive x)``, as ours);
-2. NumPy: the two Linkwitz-Riley crossovers (:func:`engine.filters.crossover_sections`,
+2. NumPy: the two Linkwitz-Riley crossovers (:func:`engine.dsp.filters.crossover_sections`,
    ``scipy.signal.sosfilt`` with carried state), mid = x − low − high;
 3. one board per band: ``NoiseGate`` (a downward expander: ratio = 1 / our expander ratio)
    then ``Compressor``, stereo-linked like torchcomp's (see :func:`_linked_gain`); NumPy sums
@@ -41,12 +41,12 @@ import pedalboard as pb
 from scipy.signal import lfilter, sosfilt
 
 from engine import params as P
-from engine.chain import EQ_BANDS, MB_BANDS, SAMPLE_RATE
-from engine.dynamics import CONTROL_HOP, EXP_RATIO_FLOOR, RMS_WINDOW_MS
+from engine.dsp.chain import EQ_BANDS, MB_BANDS, SAMPLE_RATE
+from engine.dsp.dynamics import CONTROL_HOP, EXP_RATIO_FLOOR, RMS_WINDOW_MS
 from engine.errors import ParamError, RefmasterError
 
-from .onnx_chain import TORCHCOMP_MS_SCALE
-from .streaming import StreamingChain
+from export.onnx_chain import TORCHCOMP_MS_SCALE
+from export.streaming import StreamingChain
 
 SCHEMA_TAG = "refmaster.pedalboard/1"
 
@@ -276,7 +276,7 @@ class PedalboardStreamingChain(StreamingChain):
             plugin.cutoff_frequency_hz, plugin.gain_db, plugin.q = cfg["cutoff_frequency_hz"], cfg["gain_db"], cfg["q"]
         sat = s["saturation"]
         self._dry.gain_db, self._drive.drive_db, self._wet.gain_db = sat["dry_gain_db"], sat["drive_db"], sat["wet_gain_db"]
-        from engine.filters import crossover_sections
+        from engine.dsp.filters import crossover_sections
         import torch
 
         lp, hp = crossover_sections(torch.tensor([s["crossovers_hz"][0]], dtype=torch.float64),

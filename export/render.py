@@ -8,7 +8,7 @@ exact length. Resampling (:class:`export.resample.StreamingResampler`) equals th
 render's ``resample_poly``. Memory does not grow with the file: a 60-minute file is never in
 memory whole (docs/export.md has the measured peak).
 
-Input checks are those of :func:`engine.audio_io.load_audio`: a problem found in the header
+Input checks are those of :func:`engine.io.audio.load_audio`: a problem found in the header
 (missing, empty, corrupt, more than two channels, truncated, too short) stops the render
 before anything is written; one found while streaming (NaN samples, a truncated mp3, a file
 that turns out silent) stops it and removes the partial output. The output is written to a
@@ -33,13 +33,13 @@ import pyloudnorm
 import soundfile as sf
 from scipy.signal import lfilter, resample_poly
 
-from engine.audio_io import (MIN_SECONDS, SILENCE_PEAK, WRITE_EXTENSIONS, check_header, check_mp3_length,
+from engine.io.audio import (MIN_SECONDS, SILENCE_PEAK, WRITE_EXTENSIONS, check_header, check_mp3_length,
                              check_path, decode_error)
-from engine.chain import SAMPLE_RATE
+from engine.dsp.chain import SAMPLE_RATE
 from engine.errors import AudioError
 
-from .resample import StreamingResampler
-from .streaming import StreamingChain
+from export.resample import StreamingResampler
+from export.streaming import StreamingChain
 
 #: Largest block read from or written to disk at once (samples at the file's rate).
 IO_BLOCK = 1 << 16
@@ -110,7 +110,7 @@ class LoudnessMeter:
 
 
 class TruePeakMeter:
-    """4x oversampled peak of a stream, as :func:`engine.features.true_peak_db`.
+    """4x oversampled peak of a stream, as :func:`engine.analysis.features.true_peak_db`.
 
     Each block is upsampled together with ``CONTEXT`` samples on either side (the polyphase
     filter's reach), so block edges do not change the result.

@@ -1,5 +1,5 @@
 """Streaming polyphase resampling that equals ``scipy.signal.resample_poly`` (what the offline
-render uses, via :func:`engine.audio_io.resample`) block for block.
+render uses, via :func:`engine.io.audio.resample`) block for block.
 
 ``resample_poly(x, up, down)`` is ``y[k] = sum_n x[n] h[(k + r) down - n up]`` for a fixed
 Kaiser-windowed FIR ``h`` (zero-padded by scipy) and offset ``r``, with ``ceil(len(x) up / down)``
@@ -24,7 +24,7 @@ class StreamingResampler:
     """``(C, n)`` blocks at ``source_rate`` in, ``(C, m)`` float32 blocks at ``target_rate`` out."""
 
     def __init__(self, source_rate: int, target_rate: int, channels: int = 2):
-        ratio = Fraction(target_rate, source_rate).limit_denominator(10000)  # as engine.audio_io.resample
+        ratio = Fraction(target_rate, source_rate).limit_denominator(10000)  # as engine.io.audio.resample
         up, down = ratio.numerator, ratio.denominator
         g = gcd(up, down)
         self.up, self.down = up // g, down // g

@@ -14,8 +14,8 @@
 Backends:
 
 * :class:`OnnxStreamingChain`: the exported ONNX graph (:mod:`export.onnx_chain`) run by
-  onnxruntime, exact: its output is :func:`engine.chain.render_chain` delayed by
-  :data:`engine.chain.CHAIN_LATENCY` (128) samples, for any block sizes.
+  onnxruntime, exact: its output is :func:`engine.dsp.chain.render_chain` delayed by
+  :data:`engine.dsp.chain.CHAIN_LATENCY` (128) samples, for any block sizes.
 * :class:`export.pedalboard_chain.PedalboardStreamingChain`: pedalboard's native plugins,
   calibrated to the Torch render (close, not exact; latency 64: its dynamics look one control
   frame ahead).
@@ -35,7 +35,7 @@ from typing import Optional
 import numpy as np
 
 from engine import params as P
-from engine.chain import CHAIN_LATENCY, SAMPLE_RATE
+from engine.dsp.chain import CHAIN_LATENCY, SAMPLE_RATE
 from engine.errors import AudioError, ChainError, RefmasterError
 
 BACKENDS = ("torch", "onnx", "pedalboard")
@@ -97,7 +97,7 @@ _MODEL_CACHE = {}
 def default_onnx_model():
     """The chain graph with neutral defaults, built once per process (about a second)."""
     if "model" not in _MODEL_CACHE:
-        from .onnx_chain import build_model
+        from export.onnx_chain import build_model
 
         _MODEL_CACHE["model"] = build_model().SerializeToString()
     return _MODEL_CACHE["model"]
@@ -108,7 +108,7 @@ def load_onnx_chain(path) -> bytes:
     import onnx
     from google.protobuf.message import DecodeError
 
-    from .onnx_chain import FORMAT_TAG, STATE_SIZE
+    from export.onnx_chain import FORMAT_TAG, STATE_SIZE
 
     p = Path(path)
     if not p.exists():
@@ -171,7 +171,7 @@ class OnnxStreamingChain(StreamingChain):
     def __init__(self, params: Optional[P.ChainParams] = None, model=None, threads: int = 1):
         import onnxruntime as ort
 
-        from .onnx_chain import initial_state
+        from export.onnx_chain import initial_state
 
         super().__init__(params)
         if model is None:
@@ -204,7 +204,7 @@ class OnnxStreamingChain(StreamingChain):
 
     def set_state(self, state: np.ndarray) -> None:
         """Continue from a snapshot taken by :meth:`get_state`."""
-        from .onnx_chain import STATE_SIZE
+        from export.onnx_chain import STATE_SIZE
 
         state = np.asarray(state, dtype=np.float64)
         if state.shape != (STATE_SIZE,):
@@ -221,7 +221,7 @@ class OnnxStreamingChain(StreamingChain):
         """Re-run the failed block through the diagnostic graph and name the first bad module."""
         import onnxruntime as ort
 
-        from .onnx_chain import build_model
+        from export.onnx_chain import build_model
 
         try:
             params = P.ChainParams.from_json(self.params.to_json())
@@ -245,9 +245,9 @@ class TorchSegmentChain(StreamingChain):
     """The offline Torch render, streamed in bounded memory.
 
     The input is cut into segments of ``segment`` samples; each is rendered by
-    :func:`engine.chain.render_chain` together with the ``preroll`` samples before it (from
+    :func:`engine.dsp.chain.render_chain` together with the ``preroll`` samples before it (from
     silence: the filters and envelopes settle during the pre-roll) and the
-    :data:`engine.chain.CHAIN_LATENCY` samples after it (the lookahead), and only the segment's
+    :data:`engine.dsp.chain.CHAIN_LATENCY` samples after it (the lookahead), and only the segment's
     own output is kept. The first segment has nothing before it, so it is the offline render
     exactly; later ones differ from a whole-file render only by what is left, after the
     pre-roll, of the difference between a fresh state and the true one (measured in
@@ -257,7 +257,7 @@ class TorchSegmentChain(StreamingChain):
     backend = "torch"
 
     def __init__(self, params: Optional[P.ChainParams] = None, segment: int = 1 << 20, preroll: int = 1 << 18):
-        from engine.dynamics import CONTROL_HOP
+        from engine.dsp.dynamics import CONTROL_HOP
 
         super().__init__(params)
         if segment % CONTROL_HOP or preroll % CONTROL_HOP or segment <= 0:
@@ -278,7 +278,7 @@ class TorchSegmentChain(StreamingChain):
     def _render(self, k: int) -> np.ndarray:
         import torch
 
-        from engine.chain import render_chain
+        from engine.dsp.chain import render_chain
 
         if self._incoming:
             self._buf = np.concatenate([self._buf] + self._incoming, axis=1)
@@ -351,7 +351,7 @@ def make_chain(backend: str, params: Optional[P.ChainParams] = None, *, onnx_mod
         torch.set_num_threads(max(1, threads))
         return TorchSegmentChain(params)
     if backend == "pedalboard":
-        from .pedalboard_chain import PedalboardSettings, PedalboardStreamingChain
+        from export.pedalboard_chain import PedalboardSettings, PedalboardStreamingChain
 
         settings = pedalboard_settings
         if settings is not None and not isinstance(settings, PedalboardSettings):

@@ -4,7 +4,7 @@ See :mod:`presets.store` for the file format, where presets live and the API tha
 ``refmaster master``, ``serve`` and ``render --preset`` use.
 """
 
-from .store import (
+from presets.store import (
     ENV_VAR, FACTORY_DIR, SCHEMA_TAG, SCHEMA_VERSION, LoadProblem, Preset, PresetError, PresetStore,
     default_presets_dir, diff_presets, fingerprint, fingerprint_bit_error, fingerprint_file,
     fingerprints_match, short_fingerprint,

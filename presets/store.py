@@ -31,7 +31,7 @@ on Windows). Factory presets ship read-only in ``presets/factory/``; a user pres
 name shadows a factory one, and saving a factory preset writes a user copy.
 
 **Key.** The fingerprint is computed from the *decoded* audio (44.1 kHz stereo float32, as
-``engine.audio_io.load_audio`` returns it), so the same music in wav and flac has the same key.
+``engine.io.audio.load_audio`` returns it), so the same music in wav and flac has the same key.
 It is a Haitsma–Kalker style bit pattern: the signs of the time differences of the
 differences of log energies in 33 bands (100 Hz–8 kHz) over 128 equal segments of the song,
 4064 bits, plus the duration. Identical decodes give identical strings; re-encodings that change
@@ -71,7 +71,7 @@ import numpy as np
 from filelock import FileLock, Timeout
 
 from engine import params as P
-from engine.audio_io import SAMPLE_RATE, check_audio_array
+from engine.io.audio import SAMPLE_RATE, check_audio_array
 from engine.errors import AudioError, ParamError, RefmasterError
 
 SCHEMA_NAME = "refmaster.preset"
@@ -181,7 +181,7 @@ def short_fingerprint(fp: Optional[str]) -> str:
 
 def fingerprint_file(path: PathLike) -> str:
     """Decode an audio file (any supported format) and fingerprint it."""
-    from engine.audio_io import load_audio
+    from engine.io.audio import load_audio
 
     return fingerprint(load_audio(path).audio)
 

@@ -20,7 +20,7 @@ needs_real_music = pytest.mark.skipif(
 @pytest.fixture(scope="session")
 def song():
     """8 s synthesised mix, float32 (2, T)."""
-    from engine.synth import synth_song
+    from engine.model.synth import synth_song
 
     return synth_song(3, 8.0)
 
@@ -28,7 +28,7 @@ def song():
 @pytest.fixture(scope="session")
 def songs():
     """Five different 6 s synthesised mixes."""
-    from engine.synth import synth_song
+    from engine.model.synth import synth_song
 
     return [synth_song(s, 6.0) for s in (11, 12, 13, 14, 15)]
 
@@ -59,7 +59,7 @@ def active_params(**overrides) -> torch.Tensor:
 
 
 def loudness(x) -> float:
-    from engine.features import integrated_loudness
+    from engine.analysis.features import integrated_loudness
 
     x = x.detach().numpy() if isinstance(x, torch.Tensor) else x
     return integrated_loudness(np.asarray(x).reshape(2, -1))

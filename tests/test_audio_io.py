@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from engine.audio_io import load_audio, write_audio
+from engine.io.audio import load_audio, write_audio
 from engine.errors import AudioError
 
 
@@ -92,7 +92,7 @@ def test_write_audio_never_leaves_a_half_written_file(tmp_path, monkeypatch):
 
     import soundfile
 
-    from engine.audio_io import write_audio
+    from engine.io.audio import write_audio
 
     out = tmp_path / "master.wav"
     write_audio(out, np.full((2, 44100), 0.1, np.float32))

@@ -4,9 +4,9 @@ import torch
 
 from conftest import active_params, loudness
 from engine import params as P
-from engine.chain import CHAIN_LATENCY, render_chain
+from engine.dsp.chain import CHAIN_LATENCY, render_chain
 from engine.errors import ChainError, ParamError
-from engine.features import bark_band_centres, bark_spectrum, crest_factor_db, stereo_width
+from engine.analysis.features import bark_band_centres, bark_spectrum, crest_factor_db, stereo_width
 
 
 def only(module: str) -> torch.Tensor:
@@ -141,7 +141,7 @@ def test_out_of_range_parameter_is_named(song_t):
 
 
 def test_numerical_failure_names_the_module(song_t, monkeypatch):
-    import engine.chain as chain
+    import engine.dsp.chain as chain
 
     monkeypatch.setattr(chain, "stereo_imager", lambda x, w: x * float("inf"))
     with pytest.raises(ChainError, match="imager"):

@@ -95,7 +95,7 @@ def test_render_writes_same_length_24_bit(capsys, wav, params_file, tmp_path):
 
 
 def test_render_keeps_source_rate(capsys, tmp_path, song, params_file):
-    from engine.audio_io import resample
+    from engine.io.audio import resample
 
     src = tmp_path / "s48.wav"
     sf.write(src, resample(song, 44100, 48000).T, 48000)

@@ -19,9 +19,9 @@ import torch
 
 from bridge.cli import main
 from engine import params as P
-from engine.audio_io import load_audio
-from engine.models import MasteringModel, default_weights
-from engine.synth import synth_song
+from engine.io.audio import load_audio
+from engine.model.networks import MasteringModel, default_weights
+from engine.model.synth import synth_song
 
 pytestmark = pytest.mark.skipif(not (default_weights("white-box").exists() and default_weights("black-box").exists()),
                                 reason="shipped weights missing (train with `refmaster train`)")
@@ -53,9 +53,9 @@ def tracks(tmp_path_factory):
 
 
 def _excerpts(x_loaded: np.ndarray):
-    """f_norm(x) and the excerpt batch ITO works on, as `engine.mastering.master` makes them."""
-    from engine.fxnorm import fx_normalize, load_stats
-    from engine.ito import choose_excerpts, excerpt_batch
+    """f_norm(x) and the excerpt batch ITO works on, as `engine.mastering.job.master` makes them."""
+    from engine.model.fxnorm import fx_normalize, load_stats
+    from engine.mastering.ito import choose_excerpts, excerpt_batch
 
     x_norm = fx_normalize(x_loaded, load_stats())
     return x_norm, excerpt_batch(x_norm, choose_excerpts(x_norm, 2.5, 3))
@@ -64,9 +64,9 @@ def _excerpts(x_loaded: np.ndarray):
 # ------------------------------------------------------------------ --ito-ref
 
 def test_ito_ref_sets_the_ito_target_and_the_loudness(capsys, tracks, tmp_path):
-    from engine.chain import render_chain
-    from engine.features import audio_features, drv_db
-    from engine.ito import DRV_WEIGHT, FrozenWhiteBox, af_objective
+    from engine.dsp.chain import render_chain
+    from engine.analysis.features import audio_features, drv_db
+    from engine.mastering.ito import DRV_WEIGHT, FrozenWhiteBox, af_objective
 
     out = tmp_path / "m.wav"
     code, stdout, err = run(capsys, "master", tracks / "in.wav", "--ref", tracks / "ref.wav", "--ito-ref",
@@ -102,8 +102,8 @@ def test_ito_ref_sets_the_ito_target_and_the_loudness(capsys, tracks, tmp_path):
 # ------------------------------------------------------------------ --model black-box
 
 def test_black_box_master_is_the_black_box_render_and_saves_no_preset(capsys, tracks, tmp_path):
-    from engine.ito import af_objective
-    from engine.features import audio_features, drv_db
+    from engine.mastering.ito import af_objective
+    from engine.analysis.features import audio_features, drv_db
 
     presets = tmp_path / "p"
     out = tmp_path / "bb.wav"
@@ -165,7 +165,7 @@ def perturbed(tmp_path_factory):
 
 
 def _predicted_theta(model: MasteringModel, x_loaded: np.ndarray, ref: np.ndarray) -> torch.Tensor:
-    from engine.ito import FrozenWhiteBox
+    from engine.mastering.ito import FrozenWhiteBox
 
     _, xb = _excerpts(x_loaded)
     with torch.no_grad():

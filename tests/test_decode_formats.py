@@ -1,4 +1,4 @@
-"""What `engine.audio_io.load_audio` decodes, per input format: the content, not only the shape.
+"""What `engine.io.audio.load_audio` decodes, per input format: the content, not only the shape.
 
 One signal is written as wav, flac, ogg, mp3 and aiff — stereo and mono, at 44.1 kHz and at
 48 kHz — and decoded again. Lossless files (24-bit) must come back to within quantisation;
@@ -14,8 +14,8 @@ import pytest
 import soundfile as sf
 from scipy.signal import correlate
 
-from engine.audio_io import SAMPLE_RATE, load_audio
-from engine.synth import synth_song
+from engine.io.audio import SAMPLE_RATE, load_audio
+from engine.model.synth import synth_song
 
 FORMATS = [("wav", "PCM_24", "lossless"), ("flac", "PCM_24", "lossless"), ("ogg", "VORBIS", "lossy"),
            ("mp3", "MPEG_LAYER_III", "lossy"), ("aiff", "PCM_24", "lossless")]

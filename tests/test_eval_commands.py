@@ -19,9 +19,9 @@ import soundfile as sf
 import torch
 
 from bridge.cli import main
-from engine.audio_io import load_audio
-from engine.models import default_weights
-from engine.synth import synth_song
+from engine.io.audio import load_audio
+from engine.model.networks import default_weights
+from engine.model.synth import synth_song
 
 SR = 44100
 needs_white_box = pytest.mark.skipif(not default_weights("white-box").exists(),
@@ -77,7 +77,7 @@ def _where(excerpt: np.ndarray, song: np.ndarray) -> int:
 # ------------------------------------------------------------------ eval: pairing
 
 def test_real_pairs_are_different_songs_taken_from_those_songs_and_seeded(songs3):
-    from engine.evaluation import real_pairs
+    from engine.mastering.evaluation import real_pairs
 
     audio = {f.name: load_audio(f).audio for f in songs3.glob("*.wav")}
     every = real_pairs(songs3, count=20, seconds=1.0, seed=3)
@@ -110,7 +110,7 @@ def _same(a, b, **tol):
 
 @needs_white_box
 def test_eval_scores_are_the_measures_of_each_pair_and_the_table_holds_their_medians(capsys, songs3):
-    from engine.evaluation import real_pairs, score
+    from engine.mastering.evaluation import real_pairs, score
 
     argv = ("eval", songs3, "--pairs", "3", "--seconds", "1.5", "--seed", "7")
     code, out, err = run(capsys, *argv, "--systems", "input", "--json")
@@ -163,7 +163,7 @@ def test_eval_scores_are_the_measures_of_each_pair_and_the_table_holds_their_med
 @needs_white_box
 def test_eval_synthetic_figures_are_those_of_its_rows(capsys, tmp_path):
     from engine import params as P
-    from engine.dataset import HELD_OUT
+    from engine.model.dataset import HELD_OUT
 
     # the held-out songs, by name (synthesised; 10.5 s: a reference excerpt is 10 s), and one that must not be used
     d = _write_songs(tmp_path / "data", [(HELD_OUT[0].rsplit(".", 1)[0], 41, 0.9, 1.0),
@@ -202,7 +202,7 @@ def test_eval_synthetic_figures_are_those_of_its_rows(capsys, tmp_path):
 # ------------------------------------------------------------------ export-check exactness
 
 def test_export_check_exactness_prints_what_it_measured(capsys, tmp_path, monkeypatch):
-    from engine.chain import render_chain
+    from engine.dsp.chain import render_chain
     from export import checks
     from export.streaming import OnnxStreamingChain
 
@@ -249,7 +249,7 @@ def test_export_check_exactness_prints_what_it_measured(capsys, tmp_path, monkey
 # ------------------------------------------------------------------ fxnorm-stats
 
 def test_fxnorm_stats_of_a_folder_and_f_norm_with_them(capsys, songs3, tmp_path):
-    from engine.fxnorm import STATS_PATH, compute_stats, fx_normalize, load_stats
+    from engine.model.fxnorm import STATS_PATH, compute_stats, fx_normalize, load_stats
 
     shipped = STATS_PATH.read_bytes()
     out = tmp_path / "stats.json"

@@ -9,8 +9,8 @@ import torch
 
 from conftest import REAL_SONGS, needs_real_music
 from engine import params as P
-from engine.chain import CHAIN_LATENCY, render_chain
-from engine.dynamics import time_coef
+from engine.dsp.chain import CHAIN_LATENCY, render_chain
+from engine.dsp.dynamics import time_coef
 from engine.errors import AudioError, ChainError
 from export import checks
 from export.onnx_chain import (FORMAT_TAG, OPSET, STATE_SIZE, _SECTION_KINDS, _design_sections, build_model,
@@ -65,7 +65,7 @@ def test_metadata_schema_is_read_from_engine_params():
 
 
 def test_filter_design_in_graph_equals_engine(chain):
-    """The graph's float64 RBJ coefficients equal engine.filters.design_biquad (dasp) to 1e-12."""
+    """The graph's float64 RBJ coefficients equal engine.dsp.filters.design_biquad (dasp) to 1e-12."""
     import onnxruntime as ort
 
     g = GraphBuilder("design")
@@ -78,8 +78,8 @@ def test_filter_design_in_graph_equals_engine(chain):
         theta = np.array([s.from_normalized(u) for s, u in zip(P.PARAMS, rng.random(P.NUM_PARAMS))], np.float32)
         got = sess.run(None, {"params": theta})[0]
         t = torch.from_numpy(theta).unsqueeze(0)
-        from engine.chain import eq_sections
-        from engine.filters import crossover_sections
+        from engine.dsp.chain import eq_sections
+        from engine.dsp.filters import crossover_sections
 
         want = [eq_sections(t)[0].numpy()]
         lp, hp = crossover_sections(t[:, P.PARAM_INDEX["multiband.low_crossover"]],

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from engine import features as F
-from engine.losses import MultiScaleSpectralLoss
+from engine.analysis import features as F
+from engine.analysis.losses import MultiScaleSpectralLoss
 
 
 def tone(freq=1000.0, amp=0.1, seconds=2.0, stereo=(1.0, 1.0)):

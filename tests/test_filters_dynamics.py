@@ -3,8 +3,8 @@ import pytest
 import scipy.signal as ss
 import torch
 
-from engine import dynamics as D
-from engine.filters import IIR_TAIL, design_biquad, sosfilt, three_band_split
+from engine.dsp import dynamics as D
+from engine.dsp.filters import IIR_TAIL, design_biquad, sosfilt, three_band_split
 
 
 @pytest.mark.parametrize("kind,gain,freq,q", [

@@ -10,12 +10,12 @@ import torch
 
 from bridge.cli import main
 from engine import params as P
-from engine.features import audio_features
-from engine.ito import af_objective, choose_excerpts, excerpt_batch, optimize_embedding, optimize_params
-from engine.mastering import MasterSettings, master
-from engine.models import MasteringModel, default_weights
-from engine.nudge import NUDGE_CHECKS, NUDGES, parse_nudges
-from engine.synth import synth_song
+from engine.analysis.features import audio_features
+from engine.mastering.ito import af_objective, choose_excerpts, excerpt_batch, optimize_embedding, optimize_params
+from engine.mastering.job import MasterSettings, master
+from engine.model.networks import MasteringModel, default_weights
+from engine.mastering.nudge import NUDGE_CHECKS, NUDGES, parse_nudges
+from engine.model.synth import synth_song
 
 pytestmark = pytest.mark.skipif(not default_weights("white-box").exists(),
                                 reason="shipped white-box weights missing (train with `refmaster train`)")
@@ -54,7 +54,7 @@ def test_ito_keeps_the_best_step_and_stops_with_patience(model, pair):
     assert r.steps_run == r.best_step + 3 < 30
     assert r.losses[-1] > min(r.losses)
     # what it returns is the best step, not the last: re-evaluating gives the best loss
-    from engine.ito import FrozenWhiteBox
+    from engine.mastering.ito import FrozenWhiteBox
 
     frozen = FrozenWhiteBox(model, xb)
     with torch.no_grad():
@@ -67,8 +67,8 @@ def test_ito_keeps_the_best_step_and_stops_with_patience(model, pair):
 
 
 def test_default_objective_adds_the_dynamics_term(pair):
-    from engine.chain import render_chain
-    from engine.features import drv_db, drv_torch, onset_table
+    from engine.dsp.chain import render_chain
+    from engine.analysis.features import drv_db, drv_torch, onset_table
 
     x, ref = pair
     ref_t = torch.from_numpy(ref).unsqueeze(0)
@@ -105,7 +105,7 @@ def masters(model, pair):
 
 
 def test_master_output_and_ito_improves(masters, pair):
-    from engine.features import af_distance
+    from engine.analysis.features import af_distance
 
     x, ref = pair
     for r in masters.values():
@@ -121,7 +121,7 @@ def test_master_output_and_ito_improves(masters, pair):
 
 
 def test_master_renders_the_ito_result(model, masters):
-    from engine.chain import render_chain
+    from engine.dsp.chain import render_chain
 
     for name in ("ito", "ito-nomatch"):
         r = masters[name]
@@ -140,7 +140,7 @@ def test_master_renders_the_ito_result(model, masters):
 
 
 def test_master_matches_the_reference_loudness_and_dynamics(masters, pair):
-    from engine.features import drv_db, integrated_loudness
+    from engine.analysis.features import drv_db, integrated_loudness
 
     x, ref = pair
     target = integrated_loudness(ref)
@@ -182,8 +182,8 @@ def test_each_nudge_moves_its_feature_on_most_songs(model):
 
 
 def _render(x, chain):
-    from engine.chain import render_chain
-    from engine.fxnorm import fx_normalize
+    from engine.dsp.chain import render_chain
+    from engine.model.fxnorm import fx_normalize
 
     p, s = chain.to_tensors()
     with torch.no_grad():
@@ -216,9 +216,9 @@ def test_master_cli_writes_master_preset_plot_json(capsys, files):
     assert Path(r["preset"]).exists() and (files / "p.png").stat().st_size > 10000
     assert r["ito"]["steps_run"] <= 8 and r["params"]["schema"] == P.SCHEMA_TAG
     # the preset holds the Θ of the master (after ITO and the matches), and that Θ renders the file
-    from engine.audio_io import load_audio
-    from engine.chain import render_chain
-    from engine.fxnorm import fx_normalize
+    from engine.io.audio import load_audio
+    from engine.dsp.chain import render_chain
+    from engine.model.fxnorm import fx_normalize
     from presets import PresetStore
 
     preset = PresetStore(files / "presets").get("ref")
@@ -286,7 +286,7 @@ def test_master_cli_mono_one_second_identical_and_noise(capsys, files, pair):
 
 
 def test_ctrl_c_during_ito_leaves_no_output(capsys, files, monkeypatch):
-    import engine.mastering as M
+    import engine.mastering.job as M
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt
@@ -299,8 +299,8 @@ def test_ctrl_c_during_ito_leaves_no_output(capsys, files, monkeypatch):
 
 
 def test_osc_ito_and_nudge_hooks(pair):
-    from bridge.osc_server import ItoRequest
-    from bridge.serve_cmd import ito_handlers
+    from bridge.osc.server import ItoRequest
+    from bridge.cli.serve import ito_handlers
 
     x, ref = pair
     run_ito, nudge = ito_handlers(None, x, ref)
@@ -313,7 +313,7 @@ def test_osc_ito_and_nudge_hooks(pair):
 
 
 def test_evaluate_nudges_reports_each_word_on_each_song(model, tmp_path):
-    from engine.evaluation import evaluate_nudges
+    from engine.mastering.evaluation import evaluate_nudges
 
     for seed in (41, 42):
         sf.write(tmp_path / f"song{seed}.wav", synth_song(seed, 4.0).T, 44100)

@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 
 from engine import params as P
-from engine.chain import CHAIN_LATENCY
+from engine.dsp.chain import CHAIN_LATENCY
 from osc_peers import OscDump, needs_liblo, oscsend
 from presets import Preset, PresetStore
 
@@ -24,7 +24,7 @@ HOST = "127.0.0.1"
 
 
 def _backend_problem(kind="onnx"):
-    from bridge.live import BackendUnavailable, open_backend
+    from bridge.live.engine import BackendUnavailable, open_backend
 
     try:
         open_backend(kind, P.ChainParams.default())
@@ -115,7 +115,7 @@ def setup(tmp_path, song):
 
 
 def offline(audio, chain):
-    from bridge.commands import render_offline
+    from bridge.cli.chain import render_offline
 
     return render_offline(audio, chain)
 
@@ -283,7 +283,7 @@ def test_serve_to_jack_matches_offline_render(setup, serve_factory, tmp_path):
 
 def test_osc_load_light():
     """A lighter version of `refmaster bench osc`: the final state is the last value sent."""
-    from bridge.osc_bench import bench_osc
+    from bridge.bench.osc import bench_osc
 
     r = bench_osc(seconds=2.0, rate=2000.0, senders=2, block=512)
     assert r["messages_received"] == r["messages_sent"] == 4000

@@ -4,10 +4,10 @@ import torch
 
 from conftest import REAL_SONGS, needs_real_music
 from engine import params as P
-from engine.features import integrated_loudness
-from engine.fxnorm import fx_normalize, load_stats, side_mid_ratio
-from engine.manipulation import MANIPULATION_RANGES, PROBABILITIES, manipulate, random_manipulation
-from engine.synth import synth_song, synth_song_with_info
+from engine.analysis.features import integrated_loudness
+from engine.model.fxnorm import fx_normalize, load_stats, side_mid_ratio
+from engine.model.manipulation import MANIPULATION_RANGES, PROBABILITIES, manipulate, random_manipulation
+from engine.model.synth import synth_song, synth_song_with_info
 
 
 def test_manipulation_is_reproducible_by_seed(song_t):
@@ -55,8 +55,8 @@ def test_fxnorm_removes_an_eq_difference(songs):
     import torch
 
     from engine import params as P
-    from engine.chain import render_chain
-    from engine.fxnorm import band_shape_db, third_octave_centres
+    from engine.dsp.chain import render_chain
+    from engine.model.fxnorm import band_shape_db, third_octave_centres
 
     stats = load_stats()
     tilt = P.ChainParams.default().with_values(**{"eq.high_shelf_gain": 8.0, "eq.high_shelf_freq": 4000.0,
@@ -79,7 +79,7 @@ def test_fxnorm_keeps_silence_and_shape(song):
 
 @needs_real_music
 def test_fxnorm_on_real_music_within_1_lu():
-    from engine.audio_io import load_audio
+    from engine.io.audio import load_audio
 
     stats = load_stats()
     for f in REAL_SONGS:
@@ -90,8 +90,8 @@ def test_fxnorm_on_real_music_within_1_lu():
 @needs_real_music
 def test_default_chain_keeps_loudness_on_real_music():
     from conftest import loudness
-    from engine.audio_io import load_audio
-    from engine.chain import render_chain
+    from engine.io.audio import load_audio
+    from engine.dsp.chain import render_chain
 
     for f in REAL_SONGS[:6]:
         x = torch.from_numpy(load_audio(f).audio[:, : 44100 * 15]).unsqueeze(0)

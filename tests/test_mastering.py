@@ -5,11 +5,11 @@ import math
 import torch
 
 from engine import params as P
-from engine.features import integrated_loudness
-from engine.fxnorm import fx_normalize
-from engine.features import drv_db
-from engine.mastering import LOUDNESS_TOLERANCE_LU, match_dynamics, match_loudness
-from engine.synth import synth_song
+from engine.analysis.features import integrated_loudness
+from engine.model.fxnorm import fx_normalize
+from engine.analysis.features import drv_db
+from engine.mastering.job import LOUDNESS_TOLERANCE_LU, match_dynamics, match_loudness
+from engine.model.synth import synth_song
 
 
 def _limited_theta(threshold=-1.0):

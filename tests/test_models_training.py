@@ -6,12 +6,12 @@ import pytest
 import torch
 
 from engine import params as P
-from engine.dataset import ExampleSource
+from engine.model.dataset import ExampleSource
 from engine.errors import RefmasterError
-from engine.fxnorm import load_stats
-from engine.losses import MultiScaleSpectralLoss
-from engine.models import MasteringModel, ModelConfig
-from engine.training import TrainConfig, train
+from engine.model.fxnorm import load_stats
+from engine.analysis.losses import MultiScaleSpectralLoss
+from engine.model.networks import MasteringModel, ModelConfig
+from engine.model.training import TrainConfig, train
 
 SMALL = dict(embed_dim=64, enc_channels=32, enc_blocks=2, conv_channels=32, conv_blocks=3, wave_channels=16, wave_blocks=4)
 
@@ -54,7 +54,7 @@ def test_save_load_round_trip(tmp_path, kind):
 
 
 def test_ship_writes_half_size_weights_that_load_as_float32(tmp_path, monkeypatch, capsys):
-    import engine.models as M
+    import engine.model.networks as M
     from bridge.cli import main
 
     torch.manual_seed(2)
@@ -130,7 +130,7 @@ def test_resume_refuses_a_different_configuration(tmp_path):
 
 
 def test_model_and_ito_benchmarks_report_their_figures():
-    from bridge.model_bench import bench_ito, bench_model, format_ito_bench, format_model_bench
+    from bridge.bench.model import bench_ito, bench_model, format_ito_bench, format_model_bench
 
     torch.manual_seed(3)
     m = MasteringModel(ModelConfig(**SMALL))

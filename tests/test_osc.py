@@ -9,9 +9,9 @@ import time
 import numpy as np
 import pytest
 
-from bridge import osc_space as A
-from bridge.dialects import Dialect
-from bridge.osc_server import ItoResult, OscServer, check_packet, encode_message
+from bridge.osc import space as A
+from bridge.osc.dialects import Dialect
+from bridge.osc.server import ItoResult, OscServer, check_packet, encode_message
 from engine import params as P
 from osc_peers import OscDump, needs_liblo, oscsend
 from presets import Preset, PresetStore
@@ -302,7 +302,7 @@ def test_address_space_is_generated_from_the_schema(capsys):
 
 def test_dialect_files_validate(tmp_path, capsys):
     from bridge.cli import main
-    from bridge.dialects import DialectError
+    from bridge.osc.dialects import DialectError
 
     reaper = Dialect.load("reaper", {"track": 3, "fx": 2})
     assert reaper.params["gain.gain"].address == "/track/3/fx/2/fxparam/42/value"

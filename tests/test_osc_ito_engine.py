@@ -1,7 +1,7 @@
 """The OSC ITO and nudge path with the real engine (no stand-in hook).
 
 The server is built the way `refmaster serve` builds it — a preset, its BridgeState, the song,
-the reference and :func:`bridge.serve_cmd.ito_handlers` — on loopback; a python-osc client
+the reference and :func:`bridge.cli.serve.ito_handlers` — on loopback; a python-osc client
 sends ``/refmaster/ito/run`` and ``/refmaster/nudge`` and a python-osc server subscribed to the
 bridge collects what it pushes. The handlers are wrapped only to keep what they returned (and,
 for the nudge, whose OSC message carries no step count, to ask for a few steps instead of 50).
@@ -21,11 +21,11 @@ from pythonosc.dispatcher import Dispatcher
 from pythonosc.osc_server import ThreadingOSCUDPServer
 from pythonosc.udp_client import SimpleUDPClient
 
-from bridge import osc_space as A
-from bridge.osc_server import BridgeState, OscServer
+from bridge.osc import space as A
+from bridge.osc.server import BridgeState, OscServer
 from engine import params as P
-from engine.models import default_weights
-from engine.synth import synth_song
+from engine.model.networks import default_weights
+from engine.model.synth import synth_song
 
 pytestmark = pytest.mark.skipif(not default_weights("white-box").exists(),
                                 reason="shipped white-box weights missing (train with `refmaster train`)")
@@ -90,8 +90,8 @@ def _reply_to(address):
 
 
 def _render_norm(song, chain):
-    from engine.chain import render_chain
-    from engine.fxnorm import fx_normalize
+    from engine.dsp.chain import render_chain
+    from engine.model.fxnorm import fx_normalize
 
     p, s = chain.to_tensors()
     with torch.no_grad():
@@ -109,9 +109,9 @@ def _pushed_values(msgs):
 
 
 def test_osc_ito_run_and_nudge_with_the_real_engine(tmp_path):
-    from bridge.serve_cmd import ito_handlers
-    from engine.features import audio_features, integrated_loudness
-    from engine.nudge import NUDGE_CHECKS
+    from bridge.cli.serve import ito_handlers
+    from engine.analysis.features import audio_features, integrated_loudness
+    from engine.mastering.nudge import NUDGE_CHECKS
     from presets import Preset, PresetStore
 
     song = synth_song(21, 2.0)

@@ -14,7 +14,7 @@ import soundfile as sf
 
 from bridge.cli import main
 from engine import params as P
-from engine.audio_io import load_audio
+from engine.io.audio import load_audio
 from presets import (Preset, PresetError, PresetStore, fingerprint, fingerprint_bit_error, fingerprints_match)
 from presets.store import FACTORY_DIR, SCHEMA_TAG, file_stem
 
@@ -137,8 +137,8 @@ def test_migrates_a_bare_chain_file_and_imports_it(store, tmp_path, capsys):
 
 
 def test_factory_presets_load_render_and_are_read_only(store, capsys):
-    from bridge.commands import render_offline
-    from engine.synth import synth_song
+    from bridge.cli.chain import render_offline
+    from engine.model.synth import synth_song
 
     factory = [p for p in store.list() if p.factory]
     assert len(factory) == len(list(FACTORY_DIR.glob("*.json"))) >= 4

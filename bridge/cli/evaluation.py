@@ -1,0 +1,108 @@
+"""`refmaster eval FOLDER`: systems side by side on pairs of different songs (the number we live by)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from engine.errors import RefmasterError
+
+COLUMNS = [("af", "AF", "{:.4f}"), ("d_drv", "ΔDRV dB", "{:.2f}"), ("d_lufs", "ΔLUFS", "{:.2f}"),
+           ("bark_db", "bark dB", "{:.2f}"), ("d_width", "Δwidth", "{:.3f}"), ("seconds", "s/track", "{:.1f}")]
+
+
+def format_table(result: dict) -> str:
+    head = f"{'system':<15}" + "".join(f"{label:>10}" for _, label, _ in COLUMNS)
+    lines = [f"median over {result['pairs']} pairs of different songs ({result['seconds_per_excerpt']:g} s excerpts, "
+             f"seed {result['seed']}); output vs reference, lower is better", head]
+    for name, s in result["summary"].items():
+        lines.append(f"{name:<15}" + "".join(f"{fmt.format(s[k]):>10}" for k, _, fmt in COLUMNS))
+    if "ito_improves_af_fraction" in result:
+        lines.append(f"ITO improves AF over ours-noito on {100 * result['ito_improves_af_fraction']:.0f}% of pairs")
+    return "\n".join(lines)
+
+
+def cmd_eval(args) -> int:
+    from engine.mastering.evaluation import SYSTEMS, compare_systems
+
+    from bridge.cli.training import load_model
+
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise RefmasterError(f"{folder}: not a folder")
+    systems = [s.strip() for s in args.systems.split(",")] if args.systems else list(SYSTEMS)
+    unknown = [s for s in systems if s not in SYSTEMS]
+    if unknown:
+        raise RefmasterError(f"unknown system(s) {', '.join(unknown)}; choose from {', '.join(SYSTEMS)}")
+    if "matchering" in systems:
+        try:
+            import matchering  # noqa: F401
+        except ImportError:
+            if args.systems:
+                raise RefmasterError("matchering is not installed: pip install 'refmaster[eval]'") from None
+            systems.remove("matchering")
+            print("note: matchering is not installed (pip install 'refmaster[eval]'); skipping it")
+    models = {}
+    if any(s in systems for s in ("ours", "ours-noito", "ito-theta")):
+        models["white-box"] = load_model("white-box", args.weights)
+    if "ours-blackbox" in systems:
+        models["black-box"] = load_model("black-box", args.blackbox_weights)
+    try:
+        result = compare_systems(folder, systems, models, pairs=args.pairs, seconds=args.seconds, seed=args.seed,
+                                 ito_steps=args.ito_steps, theta_steps=args.theta_steps, ito_lr=args.lr,
+                                 drv_weight=args.drv_weight)
+    except FileNotFoundError as e:
+        raise RefmasterError(str(e)) from None
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(format_table(result))
+    return 0
+
+
+def cmd_eval_nudges(args) -> int:
+    from engine.mastering.evaluation import evaluate_nudges
+
+    from bridge.cli.training import load_model
+
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise RefmasterError(f"{folder}: not a folder")
+    try:
+        r = evaluate_nudges(load_model("white-box", args.weights), folder, args.songs, args.seconds, args.steps)
+    except FileNotFoundError as e:
+        raise RefmasterError(str(e)) from None
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    print(f"nudges on {len(r['songs'])} songs ({r['seconds']:g} s from the middle, each mastered towards the next "
+          f"without ITO, {r['steps']} nudge steps); how far each moved its feature the right way "
+          f"(bands in dB, width ratio, RMS, crest dB):")
+    print(f"{'word':<12}" + "".join(f"{s[:12]:>13}" for s in r["songs"]) + "   right way")
+    for w, m in r["moves"].items():
+        print(f"{w:<12}" + "".join(f"{m[s]:>+13.3f}" for s in r["songs"]) + f"   {r['right_way'][w]}/{len(r['songs'])}")
+    return 0
+
+
+def register(sub) -> dict:
+    p = sub.add_parser("eval", help="compare input, matchering and our systems on pairs of different songs")
+    p.add_argument("folder", help="folder of songs (at least two)")
+    p.add_argument("--pairs", type=int, default=12)
+    p.add_argument("--seconds", type=float, default=10.0, help="excerpt length")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--systems", help="comma-separated subset of: input, matchering, ours-noito, ours, ours-blackbox, ito-theta")
+    p.add_argument("--ito-steps", type=int, default=100)
+    p.add_argument("--lr", type=float, help="ITO learning rate on z_ref (default: the master command's)")
+    p.add_argument("--drv-weight", type=float, help="weight of the dynamics term (default: the master command's)")
+    p.add_argument("--theta-steps", type=int, default=2000, help="steps of the ITO-on-Θ baseline")
+    p.add_argument("--weights", help="white-box weights instead of the shipped ones")
+    p.add_argument("--blackbox-weights", help="black-box weights instead of the shipped ones")
+    p.add_argument("--json", action="store_true")
+    n = sub.add_parser("eval-nudges", help="does each nudge word move its feature the right way on real songs?")
+    n.add_argument("folder", help="folder of songs (at least two)")
+    n.add_argument("--songs", type=int, default=5)
+    n.add_argument("--seconds", type=float, default=10.0)
+    n.add_argument("--steps", type=int, default=25, help="nudge ITO steps")
+    n.add_argument("--weights", help="white-box weights instead of the shipped ones")
+    n.add_argument("--json", action="store_true")
+    return {"eval": cmd_eval, "eval-nudges": cmd_eval_nudges}

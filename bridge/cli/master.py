@@ -1,0 +1,216 @@
+"""`refmaster master INPUT --ref REF -o OUT`: the producer's main job.
+
+Loads both tracks, masters the input towards the reference (Φ, Ψ, ITO, optional nudges: see
+``engine.mastering.job``), writes a 24-bit master at the input's sample rate and length, prints Θ in
+real units with what ITO moved, and saves a preset for the reference in the preset store
+(updating the one that already exists for that reference). The output file is written atomically
+at the very end, so Ctrl-C during ITO leaves no half-written file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from engine import params as P
+from bridge.cli.options import add_presets_option
+from engine.io.audio import SAMPLE_RATE, load_audio, resample, write_audio
+from engine.errors import AudioError, RefmasterError
+
+#: The shortest input/reference `master` accepts (ITO needs a little material).
+MIN_MASTER_SECONDS = 1.0
+
+
+def _fit_length(y: np.ndarray, n: int) -> np.ndarray:
+    return np.pad(y, ((0, 0), (0, max(0, n - y.shape[1]))))[:, :n]
+
+
+def _settings(args):
+    from engine.mastering.job import MasterSettings
+
+    if args.ito_steps < 0 or args.ito_steps > 5000:
+        raise RefmasterError("--ito-steps must be between 0 and 5000")
+    if args.lr is not None and not (0 < args.lr <= 1):
+        raise RefmasterError("--lr must be in (0, 1]")
+    if args.drv_weight is not None and not (0 <= args.drv_weight <= 10):
+        raise RefmasterError("--drv-weight must be between 0 and 10")
+    d = MasterSettings()
+    lr = args.lr if args.lr is not None and args.ito_target == "embedding" else d.lr
+    theta_lr = args.lr if args.lr is not None and args.ito_target == "params" else d.theta_lr
+    return MasterSettings(ito=not args.no_ito and args.ito_steps > 0, ito_steps=args.ito_steps, lr=lr,
+                          theta_lr=theta_lr, patience=args.patience, ito_target=args.ito_target,
+                          match_loudness=not args.no_loudness_match, match_dynamics=not args.no_dynamics_match,
+                          drv_weight=d.drv_weight if args.drv_weight is None else args.drv_weight,
+                          theta_steps=args.ito_steps if args.ito_target == "params" and args.ito_steps != 100 else 2000,
+                          nudge=args.nudge)
+
+
+def cmd_master(args) -> int:
+    from tqdm import tqdm
+
+    from engine.analysis.features import analyze
+    from engine.mastering.job import master
+    from engine.mastering.nudge import parse_nudges
+    from presets import Preset, PresetStore, fingerprint
+
+    from bridge.cli.report import params_change_table, plot_master
+    from bridge.cli.training import load_model
+
+    out = Path(args.output)
+    if out.suffix.lower() not in (".wav", ".flac"):
+        raise AudioError(f"{out}: output must be .wav or .flac")
+    if not out.parent.exists():
+        raise AudioError(f"{out}: folder {out.parent} does not exist")
+    if args.nudge:
+        parse_nudges(args.nudge)  # fail before the heavy work
+    settings = _settings(args)
+    if args.ito_target == "params" and args.model != "white-box":
+        raise RefmasterError("--ito-target params needs --model white-box (the black-box model has no parameters)")
+    x = load_audio(args.input, min_seconds=MIN_MASTER_SECONDS)
+    ref = load_audio(args.ref, min_seconds=MIN_MASTER_SECONDS)
+    ito_ref = load_audio(args.ito_ref, min_seconds=MIN_MASTER_SECONDS) if args.ito_ref else None
+    store = PresetStore(args.presets)
+    fp = fingerprint(ref.audio)
+    existing = store.find_by_fingerprint(fp)
+    z_start = None
+    if existing is not None:
+        if args.from_preset:
+            if existing.z_ref is None:
+                raise RefmasterError(f"preset '{existing.name}' has no reference embedding to start from")
+            z_start = np.asarray(existing.z_ref, dtype=np.float32)
+            print(f"starting from preset '{existing.name}'", file=sys.stderr)
+        else:
+            print(f"note: preset '{existing.name}' exists for this reference (modified {existing.modified}); "
+                  f"--from-preset starts from it, otherwise it is updated with this result", file=sys.stderr)
+    model = load_model(args.model, args.weights)
+    if z_start is not None and z_start.shape[0] != model.cfg.embed_dim:
+        raise RefmasterError(f"preset '{existing.name}' was made with another model (embedding size {z_start.shape[0]})")
+
+    bars = {}
+
+    def on_step(phase, step, loss):
+        if phase not in bars:
+            total = settings.ito_steps if phase == "ito" and settings.ito_target == "embedding" else \
+                (settings.theta_steps if phase == "ito" else settings.nudge_steps)
+            bars[phase] = tqdm(total=total, desc="ITO" if phase == "ito" else "nudge", unit="step",
+                               disable=args.quiet, dynamic_ncols=True)
+        b = bars[phase]
+        if step > 0:
+            b.update(1)
+        b.set_postfix(loss=f"{loss:.4f}")
+
+    try:
+        result = master(model, x.audio, ref.audio, settings, ito_reference=ito_ref.audio if ito_ref else None,
+                        z_start=z_start, on_step=on_step)
+    finally:
+        for b in bars.values():
+            b.close()
+    y = result.output
+    if x.source_rate != SAMPLE_RATE:
+        y = resample(y, SAMPLE_RATE, x.source_rate)
+    y = _fit_length(y, x.source_frames)
+    clipped = write_audio(out, y, x.source_rate)
+
+    # preset for the reference
+    ito_info = {"settings": {k: v for k, v in settings.as_dict().items() if v is not None and not isinstance(v, (list, dict))},
+                "loss_history": (result.ito.losses if result.ito else []) + (result.nudge.losses if result.nudge else [])}
+    preset_path = None
+    if result.chain is not None:
+        name = args.preset_name or (existing.name if existing is not None else Path(args.ref).stem)
+        version = f"{model.kind}/{model.meta.get('steps', 'unknown')}-steps"
+        if existing is not None and existing.name == name and not existing.factory:
+            preset = existing.updated(chain=result.chain, z_ref=result.z_ref.tolist(), ito=ito_info, model_version=version)
+        else:
+            preset = Preset.new(name, result.chain, fingerprint=fp, reference=Path(args.ref).name,
+                                z_ref=result.z_ref.tolist(), ito=ito_info, model_version=version,
+                                notes=f"mastered {Path(args.input).name} towards {Path(args.ref).name}")
+        preset_path = store.save(preset)
+
+    a_in, a_out, a_ref = analyze(x.audio), analyze(result.output), analyze(ref.audio)
+    if args.plot:
+        plot_master(args.plot, x.audio, result.output, ref.audio, [a_in, a_out, a_ref])
+    report = {
+        "input": str(x.path), "reference": str(ref.path), "output": str(out), "model": model.kind,
+        "ito": None if result.ito is None else {"target": settings.ito_target, "steps_run": result.ito.steps_run,
+                                                  "best_step": result.ito.best_step, "losses": result.ito.losses,
+                                                  "moved": result.ito.moved()},
+        "nudge": None if result.nudge is None else {"words": result.nudge_words, "losses": result.nudge.losses,
+                                                      "moved": result.nudge.moved()},
+        "loudness_match": result.loudness,
+        "dynamics_match": result.dynamics,
+        "params": result.chain.to_dict() if result.chain else None,
+        "analysis": {"input": _brief(a_in), "output": _brief(a_out), "reference": _brief(a_ref)},
+        "seconds": result.seconds, "preset": str(preset_path) if preset_path else None, "clipped_samples": clipped,
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    if result.chain is not None:
+        print(params_change_table(result.chain_before_ito, result.chain))
+    if result.ito is not None:
+        print(f"\nITO ({settings.ito_target}): loss {result.ito.losses[0]:.4f} -> {min(result.ito.losses):.4f}, "
+              f"best of {result.ito.steps_run} steps at step {result.ito.best_step}")
+        for key, a, b in result.ito.moved():
+            print(f"  moved most: {key:<32} {a:9.3g} -> {b:9.3g} {P.spec(key).unit}")
+    if result.loudness is not None:
+        m = result.loudness
+        print(f"loudness match: {m['before_lufs']:.1f} -> {m['after_lufs']:.1f} LUFS (reference {m['target_lufs']:.1f}), "
+              f"make-up gain {m['gain_change_db']:+.1f} dB" + (" (gain at its limit)" if m["at_limit"] else ""))
+    if result.dynamics is not None and math.isfinite(result.dynamics["before_drv_db"]):
+        m = result.dynamics
+        print(f"dynamics match: DRV {m['before_drv_db']:.2f} -> {m['after_drv_db']:.2f} dB (reference "
+              f"{m['target_drv_db']:.2f}), limiter threshold {m['threshold_change_db']:+.1f} dB")
+    if result.nudge is not None:
+        print(f"nudge ({', '.join(result.nudge_words)}): loss {result.nudge.losses[0]:.4f} -> {min(result.nudge.losses):.4f}")
+        for key, a, b in result.nudge.moved():
+            print(f"  moved most: {key:<32} {a:9.3g} -> {b:9.3g} {P.spec(key).unit}")
+    print(f"\n{'':14}{'input':>12}{'master':>12}{'reference':>12}")
+    for key, label, fmt in (("loudness_lufs", "LUFS", "{:.1f}"), ("true_peak_dbtp", "true peak", "{:.1f}"),
+                            ("crest_db", "crest dB", "{:.1f}"), ("width", "width", "{:.3f}"), ("drv_db", "DRV dB", "{:.2f}")):
+        print(f"{label:14}" + "".join(f"{fmt.format(a[key]):>12}" for a in (a_in, a_out, a_ref)))
+    print(f"\nwrote {out} ({x.seconds:.1f} s, {x.source_rate} Hz, 24-bit) in {result.seconds['total']:.1f} s")
+    if preset_path:
+        print(f"preset: {preset_path}")
+    if args.plot:
+        print(f"plot: {args.plot}")
+    if clipped:
+        print(f"warning: {clipped} samples exceeded full scale and were clipped", file=sys.stderr)
+    return 0
+
+
+def _brief(a: dict) -> dict:
+    return {k: a[k] for k in ("loudness_lufs", "true_peak_dbtp", "crest_db", "width", "imbalance", "drv_db")}
+
+
+def register(sub) -> dict:
+    p = sub.add_parser("master", help="master a track towards a reference (style transfer + ITO)")
+    p.add_argument("input")
+    p.add_argument("--ref", required=True, help="the reference track whose master you like")
+    p.add_argument("-o", "--output", required=True, help=".wav or .flac (24-bit, input's rate and length)")
+    p.add_argument("--model", choices=["white-box", "black-box"], default="white-box")
+    p.add_argument("--weights", help="a .safetensors file instead of the shipped weights")
+    p.add_argument("--no-ito", action="store_true", help="style transfer only")
+    p.add_argument("--ito-steps", type=int, default=100)
+    p.add_argument("--lr", type=float, help="ITO learning rate (RAdam; default: engine.mastering.job.MasterSettings)")
+    p.add_argument("--patience", type=int, default=5, help="stop after this many steps without improvement")
+    p.add_argument("--no-loudness-match", action="store_true",
+                   help="leave the make-up gain where Ψ/ITO put it (default: match the reference's loudness)")
+    p.add_argument("--no-dynamics-match", action="store_true",
+                   help="leave the limiter threshold where Ψ/ITO put it (default: match the reference's DRV)")
+    p.add_argument("--drv-weight", type=float,
+                   help="weight of the dynamics (DRV) term in the ITO objective; 0 = the paper's plain AF loss")
+    p.add_argument("--ito-ref", help="optimise towards this track instead (merging styles)")
+    p.add_argument("--ito-target", choices=["embedding", "params"], default="embedding",
+                   help="what ITO optimises: z_ref (default) or Θ directly (the paper's baseline, up to 2000 steps)")
+    p.add_argument("--nudge", help='e.g. "brighter, wider" (see docs; fixed vocabulary)')
+    p.add_argument("--plot", metavar="PNG", help="input / master / reference at a glance")
+    p.add_argument("--json", action="store_true", help="machine-readable report")
+    add_presets_option(p)
+    p.add_argument("--preset-name", help="name of the preset to save (default: the reference's file name)")
+    p.add_argument("--from-preset", action="store_true", help="start from the stored preset of this reference")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return {"master": cmd_master}

@@ -1,0 +1,252 @@
+"""`refmaster serve`: play a song through a preset's chain live, in sync with OSC controllers.
+
+    refmaster serve --input SONG --preset NAME [--backend onnx|pedalboard] [--osc-port P]
+
+Plays to JACK when a JACK server runs (``--jack auto``, the default), else to a wav file
+(``--output``, default ``<song>.live.wav``). Every applied parameter change is recorded with its
+time and source (``--record``, JSON lines). The preset is saved on ``/refmaster/preset/save``
+and, if the engine's state differs from it, on exit (Ctrl-C or SIGTERM), atomically.
+
+ITO hook (for `refmaster master`, issue 4): :func:`ito_handlers` returns the two handlers the
+OSC server calls for ``/refmaster/ito/run`` and ``/refmaster/nudge`` (see
+:class:`bridge.osc.server.ItoRequest` / :class:`~bridge.osc.server.ItoResult`). Until the
+trained model and the engine's ITO exist it returns ``(None, None)`` and the server answers
+those addresses with an error saying so.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from engine.errors import RefmasterError
+
+from bridge.osc.server import Change
+from bridge.cli.options import add_presets_option
+
+
+def ito_handlers(preset, song, reference):
+    """(ito_handler, nudge_handler) for the OSC server: ITO and nudges through ``engine.mastering.job``.
+
+    ``/refmaster/ito/run [steps]`` optimises z_ref (from the preset, or Φ of ``serve --ref``)
+    towards the reference given with ``serve --ref``; ``/refmaster/nudge <words>`` runs the nudge
+    ITO from the preset's z_ref (or Φ of the reference). Both work on the song being played and
+    return the new Θ, z_ref and loss history. The shipped white-box model is loaded on first use.
+    """
+    from engine.errors import RefmasterError
+    from engine.mastering.job import MasterSettings, master
+    from engine.mastering.nudge import parse_nudges
+
+    from bridge.osc.server import ItoResult
+    from bridge.cli.training import load_model
+
+    cache = {}
+
+    def model():
+        if "m" not in cache:
+            cache["m"] = load_model("white-box")
+        return cache["m"]
+
+    def start(request):
+        z = None
+        if request.preset is not None and getattr(request.preset, "z_ref", None):
+            z = np.asarray(request.preset.z_ref, dtype=np.float32)
+            if z.shape[0] != model().cfg.embed_dim:
+                raise RefmasterError("the preset's z_ref was made with another model; give --ref to re-embed")
+        if z is None and request.reference is None:
+            raise RefmasterError("no reference embedding: the preset has no z_ref and serve was started without --ref")
+        if request.song is None:
+            raise RefmasterError("no song is loaded to optimise on")
+        return z
+
+    def result(res, settings):
+        return ItoResult(chain=res.chain, z_ref=res.z_ref.tolist(),
+                         loss_history=(res.ito.losses if res.ito else []) + (res.nudge.losses if res.nudge else []),
+                         settings=settings)
+
+    def run(request):
+        z = start(request)
+        if request.reference is None:
+            raise RefmasterError("ITO needs a reference to optimise towards: start serve with --ref REFERENCE")
+        steps = request.steps if request.steps is not None else 100
+        if not 1 <= steps <= 2000:
+            raise RefmasterError(f"steps must be between 1 and 2000, got {steps}")
+        res = master(model(), request.song, request.reference, MasterSettings(ito_steps=steps), z_start=z,
+                     on_step=lambda phase, step, loss: request.progress(step, loss))
+        return result(res, {"steps": steps})
+
+    def nudge(request):
+        words = ", ".join(parse_nudges(request.words or ""))
+        z = start(request)
+        steps = request.steps if request.steps is not None else 50
+        res = master(model(), request.song, request.reference, MasterSettings(ito=False, nudge=words, nudge_steps=steps),
+                     z_start=z, on_step=lambda phase, step, loss: request.progress(step, loss))
+        return result(res, {"nudge": words, "steps": steps})
+
+    return run, nudge
+
+
+class ChangeRecorder:
+    """Appends the state's change log to a JSON-lines file once a second and at the end."""
+
+    def __init__(self, state, path: Path):
+        self.state = state
+        self.path = path
+        self._done = 0
+        self._stop = threading.Event()
+        self._f = open(path, "a", encoding="utf-8")
+        self._thread = threading.Thread(target=self._run, name="change-recorder", daemon=True)
+        self._thread.start()
+
+    def _flush(self) -> None:
+        changes = self.state.changes
+        n = len(changes)
+        for c in map(Change._make, changes[self._done:n]):
+            self._f.write(json.dumps({"t": round(c.t, 6), "time": round(c.wall, 6), "key": c.key,
+                                      "value": c.value, "source": c.source}) + "\n")
+        self._done = n
+        self._f.flush()
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            self._flush()
+
+    def close(self) -> int:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._flush()
+        self._f.close()
+        return self._done
+
+
+def cmd_serve(args) -> int:
+    from engine.io.audio import load_audio
+    from presets import Preset, PresetStore
+
+    from bridge.osc.dialects import Dialect, parse_vars
+    from bridge.live.engine import (FileOutput, JackOutput, LiveEngine, jack_available, open_backend, prepare_realtime,
+                       run_paced)
+    from bridge.osc.server import BridgeState, OscServer
+
+    if args.block < 16 or args.block > 16384:
+        raise RefmasterError(f"--block {args.block}: must be 16…16384 samples")
+    store = PresetStore(args.presets)
+    pf = Path(args.preset)
+    preset = Preset.from_file(pf) if pf.suffix == ".json" and pf.is_file() else store.get(args.preset)
+    dialects = [Dialect.load(d, parse_vars(args.var)) for d in (args.dialect or [])]
+    song = load_audio(args.input)
+    reference = load_audio(args.ref).audio if args.ref else None
+    state = BridgeState(preset.chain)
+    backend = open_backend(args.backend, preset.chain, onnx_model=args.onnx_model,
+                           pedalboard_settings=args.pedalboard_settings)
+    engine = LiveEngine(song.audio, backend, state, args.block, loop=not args.no_loop, playing=not args.paused)
+    use_jack = args.jack == "on" or (args.jack == "auto" and jack_available(args.jack_server))
+    record = Path(args.record) if args.record else Path(f"{song.path.stem}.changes.jsonl")
+    if not record.parent.is_dir():
+        raise RefmasterError(f"{record}: folder {record.parent} does not exist")
+    ito, nudge = ito_handlers(preset, song.audio, reference)
+    server = OscServer(state, args.osc_host, args.osc_port, store=store, preset=preset, ito_handler=ito,
+                       nudge_handler=nudge, transport=engine, dialects=dialects, song=song.audio,
+                       reference=reference)
+    try:
+        if use_jack:
+            output = JackOutput(engine, args.jack_server, args.jack_name,
+                                None if args.jack_connect == "none" else args.jack_connect)
+        else:
+            output = FileOutput(Path(args.output) if args.output else Path(f"{song.path.stem}.live.wav"))
+    except BaseException:
+        server.close()
+        raise
+    recorder = ChangeRecorder(state, record)
+    stop = threading.Event()
+    max_blocks = None if args.seconds is None else max(1, int(round(args.seconds * 44100 / args.block)))
+
+    def render():
+        try:
+            if use_jack:
+                output.run(stop, max_blocks)
+            else:
+                run_paced(engine, output, stop, max_blocks)
+        finally:
+            stop.set()
+
+    status = 0
+    prepare_realtime()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
+    server.start()
+    if use_jack:
+        output.start()
+    host, port = server.address
+    print(f"refmaster serve: '{preset.name}' on {song.path.name} ({song.seconds:.1f} s"
+          f"{', looping' if not args.no_loop else ''}), {args.backend} backend, {args.block}-sample blocks, "
+          f"parameter changes {'crossfaded across a block' if backend.can_snapshot else 'stepped in 8 parts of a block'}",
+          flush=True)
+    print(f"output: {output.description}", flush=True)
+    print(f"listening: osc.udp://{host}:{port}/  (refmaster osc addresses)", flush=True)
+    thread = threading.Thread(target=render, name="render", daemon=True)
+    thread.start()
+    try:
+        while not stop.wait(0.1):
+            pass
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+        server.close()
+        output.close()
+        saved = ""
+        current = server.preset
+        if not args.no_save and state.snapshot() != current.chain:
+            try:
+                path = server.save_preset()
+                saved = f"; saved preset '{server.preset.name}' to {path}"
+            except RefmasterError as e:
+                print(f"refmaster: error: the preset was not saved: {e}", file=sys.stderr)
+                status = 2
+        n = recorder.close()
+        st = engine.stats.summary()
+        print(f"stopped: {st['blocks']} blocks, {st['missed_deadlines']} missed deadlines, "
+              f"{n} parameter changes recorded in {record}{saved}", flush=True)
+        if st["applied_messages"]:
+            print(f"message -> block rendered: p50 {st['latency_ms_p50']:.2f} ms, p99 {st['latency_ms_p99']:.2f} ms; "
+                  f"-> block playing: p50 {st['play_latency_ms_p50']:.2f} ms, p99 {st['play_latency_ms_p99']:.2f} ms",
+                  flush=True)
+        # a second Ctrl-C or SIGTERM during the clean-up above only sets `stop` again
+        for s, h in previous.items():
+            signal.signal(s, h)
+    return status
+
+
+def register(sub) -> dict:
+    p = sub.add_parser("serve", help="play a song through a preset live, in sync with OSC controllers")
+    p.add_argument("--input", required=True, metavar="SONG", help="the song to play (looped)")
+    p.add_argument("--preset", required=True, metavar="NAME", help="preset name (or a preset .json file)")
+    p.add_argument("--backend", choices=("onnx", "pedalboard"), default="onnx")
+    p.add_argument("--onnx-model", metavar="CHAIN.onnx", help="an exported chain (default: build it from the schema)")
+    p.add_argument("--pedalboard-settings", metavar="FILE.json",
+                   help="calibrated pedalboard settings from `refmaster export --pedalboard`")
+    p.add_argument("--osc-port", type=int, default=9000, help="UDP port to listen on (default 9000; 0: any free)")
+    p.add_argument("--osc-host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--block", type=int, default=512, help="samples per block (default 512)")
+    p.add_argument("--jack", choices=("auto", "on", "off"), default="auto",
+                   help="play to JACK (auto: when a JACK server runs; else to --output)")
+    p.add_argument("--jack-server", help="JACK server name (default: $JACK_DEFAULT_SERVER or 'default')")
+    p.add_argument("--jack-name", default="refmaster", help="JACK client name")
+    p.add_argument("--jack-connect", default="system:playback",
+                   help="connect the outputs to these ports (a regex; 'none' to leave them)")
+    p.add_argument("-o", "--output", metavar="OUT.wav", help="without JACK: write the stream here")
+    p.add_argument("--no-loop", action="store_true", help="stop at the end of the song")
+    p.add_argument("--seconds", type=float, help="stop after this many seconds of audio")
+    p.add_argument("--paused", action="store_true", help="start stopped (send /refmaster/transport/play)")
+    p.add_argument("--ref", metavar="REF", help="the reference track (for ITO and nudges)")
+    p.add_argument("--dialect", action="append", metavar="NAME_OR_FILE",
+                   help="also accept (and offer subscribers) a DAW dialect, e.g. reaper")
+    p.add_argument("--var", action="append", metavar="NAME=VALUE", help="dialect variable (e.g. track=2)")
+    p.add_argument("--record", metavar="FILE", help="where to append parameter changes (default <song>.changes.jsonl)")
+    p.add_argument("--no-save", action="store_true", help="do not save the preset on exit")
+    add_presets_option(p)
+    return {"serve": cmd_serve}

@@ -1,0 +1,197 @@
+"""Reading and writing audio files: every bad input becomes one clear :class:`AudioError`.
+
+Reads wav, flac, ogg, mp3 and aiff through soundfile (libsndfile), returns float32
+``(2, T)`` at 44.1 kHz (resampled with scipy's polyphase resampler, mono duplicated to both
+sides). Refuses, with a message naming the file: missing, empty, unreadable or corrupt files,
+truncated files (libsndfile quietly shortens a truncated wav, aiff or mp3; we check the
+container's declared size), more than two channels, NaN or infinite samples, audio shorter
+than ``min_seconds`` and (unless allowed) digital silence. Clipped audio is accepted as it is.
+
+Writes 24-bit wav or flac atomically (temporary file + rename), clipping at full scale and
+reporting how many samples it had to clip.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import tempfile
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import soundfile as sf
+from scipy.signal import resample_poly
+
+from engine.errors import AudioError
+
+SAMPLE_RATE = 44100
+READ_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
+WRITE_EXTENSIONS = (".wav", ".flac")
+#: Shortest audio we analyse or master (loudness needs 0.4 s gating blocks).
+MIN_SECONDS = 0.5
+#: Peak below which a file counts as silent (-120 dBFS).
+SILENCE_PEAK = 1e-6
+
+PathLike = Union[str, os.PathLike]
+
+
+@dataclass
+class LoadedAudio:
+    """Decoded audio plus what the file was."""
+
+    audio: np.ndarray  # (2, T) float32 at SAMPLE_RATE
+    path: Path
+    source_rate: int
+    source_channels: int
+    source_frames: int
+
+    @property
+    def seconds(self) -> float:
+        return self.audio.shape[1] / SAMPLE_RATE
+
+
+def _declared_riff_bytes(path: Path, size: int):
+    """(data offset, declared data bytes) of a RIFF/WAVE or AIFF file, or None."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12:
+            return None
+        big = head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC")
+        if not (head[:4] == b"RIFF" and head[8:12] == b"WAVE") and not big:
+            return None
+        want = b"SSND" if big else b"data"
+        pos = 12
+        while pos + 8 <= size:
+            f.seek(pos)
+            hdr = f.read(8)
+            if len(hdr) < 8:
+                return None
+            cid, clen = hdr[:4], struct.unpack(">I" if big else "<I", hdr[4:])[0]
+            if cid == want:
+                if clen in (0, 0xFFFFFFFF):  # streamed writers leave the size open
+                    return None
+                return pos + 8, clen
+            pos += 8 + clen + (clen & 1)
+    return None
+
+
+def resample(audio: np.ndarray, source_rate: int, target_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Polyphase resampling of ``(C, T)`` audio (scipy), float32 out."""
+    if source_rate == target_rate:
+        return audio.astype(np.float32, copy=False)
+    ratio = Fraction(target_rate, source_rate).limit_denominator(10000)
+    y = resample_poly(audio.astype(np.float64), ratio.numerator, ratio.denominator, axis=-1)
+    return y.astype(np.float32)
+
+
+def decode_error(p: Path, e: Exception) -> AudioError:
+    """The one-line error for an exception soundfile raised while opening or reading ``p``."""
+    if isinstance(e, sf.LibsndfileError):
+        msg = str(e.error_string if hasattr(e, "error_string") else e).strip().rstrip(".")
+        return AudioError(f"{p}: cannot decode audio ({msg}); the file is corrupt, truncated or not a supported format "
+                          f"({', '.join(x.lstrip('.') for x in READ_EXTENSIONS)})")
+    return AudioError(f"{p}: cannot read audio ({e})")
+
+
+def check_header(path: PathLike, channels: int, fmt: str) -> None:
+    """Checks that need only the header: channel count and (wav/aiff) declared vs present bytes."""
+    p = Path(path)
+    if channels > 2:
+        raise AudioError(f"{p}: has {channels} channels; refmaster takes mono or stereo files (mix down to stereo first)")
+    size = p.stat().st_size
+    declared = _declared_riff_bytes(p, size) if fmt in ("WAV", "WAVEX", "AIFF", "AIFC") else None
+    if declared is not None:
+        offset, nbytes = declared
+        if offset + nbytes > size:
+            raise AudioError(f"{p}: file is truncated (header declares {nbytes} bytes of audio, "
+                             f"only {max(size - offset, 0)} present)")
+
+
+def check_path(path: PathLike) -> Path:
+    """Missing, a folder or empty: one clear :class:`AudioError`; else the path."""
+    p = Path(path)
+    if not p.exists():
+        raise AudioError(f"{p}: no such file")
+    if p.is_dir():
+        raise AudioError(f"{p}: is a folder, not an audio file")
+    if p.stat().st_size == 0:
+        raise AudioError(f"{p}: file is empty")
+    return p
+
+
+def check_mp3_length(path: PathLike, fmt: str, declared_frames: int, decoded_frames: int, rate: int) -> None:
+    """libsndfile quietly shortens a truncated mp3: compare with the frame count it declared."""
+    if fmt == "MP3" and declared_frames > 0 and decoded_frames < 0.98 * declared_frames:
+        raise AudioError(f"{Path(path)}: file is truncated (header declares {declared_frames / rate:.1f} s, "
+                         f"only {decoded_frames / rate:.1f} s decode)")
+
+
+def load_audio(path: PathLike, min_seconds: float = MIN_SECONDS, allow_silent: bool = False) -> LoadedAudio:
+    """Decode ``path`` to stereo float32 at 44.1 kHz or raise :class:`AudioError`."""
+    p = check_path(path)
+    try:
+        with sf.SoundFile(str(p)) as f:
+            declared_frames, rate, channels, fmt = f.frames, f.samplerate, f.channels, f.format
+            data = f.read(dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as e:
+        raise decode_error(p, e) from None
+    check_header(p, channels, fmt)
+    check_mp3_length(p, fmt, declared_frames, data.shape[0], rate)
+    if data.shape[0] == 0:
+        raise AudioError(f"{p}: contains no audio samples")
+    if not np.isfinite(data).all():
+        raise AudioError(f"{p}: contains NaN or infinite samples")
+    audio = data.T
+    if channels == 1:
+        audio = np.repeat(audio, 2, axis=0)
+    audio = resample(audio, rate)
+    out = LoadedAudio(np.ascontiguousarray(audio), p, rate, channels, data.shape[0])
+    if out.seconds < min_seconds:
+        raise AudioError(f"{p}: is {data.shape[0] / rate:.2f} s long; at least {min_seconds:g} s is needed")
+    if not allow_silent and float(np.abs(audio).max()) < SILENCE_PEAK:
+        raise AudioError(f"{p}: is silent (peak below -120 dBFS); there is nothing to analyse or master")
+    return out
+
+
+def check_audio_array(audio: np.ndarray, name: str = "audio") -> np.ndarray:
+    """Validate an in-memory signal the way :func:`load_audio` validates a file; return ``(2, T)`` float32."""
+    a = np.asarray(audio)
+    if a.ndim == 1:
+        a = np.stack([a, a])
+    if a.ndim != 2:
+        raise AudioError(f"{name}: expected (channels, samples), got shape {a.shape}")
+    if a.shape[0] > 2 and a.shape[1] <= 2:
+        a = a.T
+    if a.shape[0] == 1:
+        a = np.repeat(a, 2, axis=0)
+    if a.shape[0] != 2:
+        raise AudioError(f"{name}: has {a.shape[0]} channels; expected mono or stereo")
+    if not np.isfinite(a).all():
+        raise AudioError(f"{name}: contains NaN or infinite samples")
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def write_audio(path: PathLike, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> int:
+    """Write ``(2, T)`` audio as 24-bit wav or flac, atomically. Returns the number of samples clipped."""
+    p = Path(path)
+    ext = p.suffix.lower()
+    if ext not in WRITE_EXTENSIONS:
+        raise AudioError(f"{p}: can only write {' or '.join(WRITE_EXTENSIONS)} files")
+    a = check_audio_array(audio, str(p))
+    clipped = int(np.count_nonzero(np.abs(a) > 1.0))
+    a = np.clip(a, -1.0, 1.0)
+    if p.parent and not p.parent.exists():
+        raise AudioError(f"{p}: folder {p.parent} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=ext, dir=str(p.parent) if str(p.parent) else ".")
+    os.close(fd)
+    try:
+        sf.write(tmp, a.T, sample_rate, subtype="PCM_24", format="WAV" if ext == ".wav" else "FLAC")
+        os.replace(tmp, p)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return clipped
