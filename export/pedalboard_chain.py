@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -41,6 +39,7 @@ import pedalboard as pb
 from scipy.signal import lfilter, sosfilt
 
 from engine import params as P
+from engine.io.atomic import atomic_write_text
 from engine.dsp.chain import EQ_BANDS, MB_BANDS, SAMPLE_RATE
 from engine.dsp.dynamics import CONTROL_HOP, EXP_RATIO_FLOOR, RMS_WINDOW_MS
 from engine.errors import ParamError, RefmasterError
@@ -150,17 +149,7 @@ class PedalboardSettings:
 
     def save(self, path) -> None:
         """Write atomically (temporary file + rename)."""
-        p = Path(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".json", dir=str(p.parent) if str(p.parent) else ".")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_dict(), f, indent=2)
-                f.write("\n")
-            os.replace(tmp, p)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def from_dict(cls, data) -> "PedalboardSettings":

@@ -21,8 +21,6 @@ the fly (:class:`LoudnessMeter`, :class:`TruePeakMeter`).
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +31,7 @@ import pyloudnorm
 import soundfile as sf
 from scipy.signal import lfilter, resample_poly
 
+from engine.io.atomic import atomic_path
 from engine.io.audio import (MIN_SECONDS, SILENCE_PEAK, WRITE_EXTENSIONS, check_header, check_mp3_length,
                              check_path, decode_error)
 from engine.dsp.chain import SAMPLE_RATE
@@ -240,14 +239,12 @@ def render_file(input_path, output_path, chain: StreamingChain, block: int = 512
     from_44k = StreamingResampler(SAMPLE_RATE, rate) if rate != SAMPLE_RATE else None
     meter_in, meter_out, peak_out = LoudnessMeter(), LoudnessMeter(), TruePeakMeter()
     chain.reset()
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=ext, dir=str(out.parent) if str(out.parent) else ".")
-    os.close(fd)
     t0 = time.perf_counter()
     to_skip, written, clipped = chain.latency, 0, 0
     pending = np.zeros((2, 0), np.float32)   # 44.1 kHz input waiting for a full block
 
-    try:
-        with sf.SoundFile(tmp, "w", rate, 2, subtype="PCM_24", format="WAV" if ext == ".wav" else "FLAC") as writer:
+    with atomic_path(out, suffix=ext) as tmp:
+        with sf.SoundFile(str(tmp), "w", rate, 2, subtype="PCM_24", format="WAV" if ext == ".wav" else "FLAC") as writer:
 
             def write(chunks: List[np.ndarray], final: bool = False) -> None:
                 """Chain output at 44.1 kHz (latency not yet removed) -> meters -> file."""
@@ -297,11 +294,6 @@ def render_file(input_path, output_path, chain: StreamingChain, block: int = 512
                     last.append(chain.process(pending))
                 last.append(chain.flush())
                 write(last, final=True)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return RenderReport(Path(input_path), out, chain.backend, block, rate, reader.frames_read,
                         reader.frames_read / rate, time.perf_counter() - t0, meter_in.integrated(),
                         meter_out.integrated(), peak_out.db(), clipped)

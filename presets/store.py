@@ -61,7 +61,6 @@ import math
 import os
 import re
 import sys
-import tempfile
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -71,6 +70,7 @@ import numpy as np
 from filelock import FileLock, Timeout
 
 from engine import params as P
+from engine.io.atomic import atomic_write_text
 from engine.io.audio import SAMPLE_RATE, check_audio_array
 from engine.errors import AudioError, ParamError, RefmasterError
 
@@ -524,24 +524,6 @@ class PresetStore:
             except FileNotFoundError:
                 continue
 
-    def _write_atomic(self, path: Path, text: str) -> None:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=str(path.parent))
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        if os.name == "posix":
-            dfd = os.open(str(path.parent), os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
 
     def _check_conflicts(self, preset: Preset, path: Path, replacing: Optional[str] = None) -> None:
         if path.exists():
@@ -577,7 +559,7 @@ class PresetStore:
                 preset.created = now
             if touch or preset.modified is None:
                 preset.modified = now
-            self._write_atomic(path, preset.to_json())
+            atomic_write_text(path, preset.to_json())
         finally:
             lock.release()
         preset.path = path
@@ -603,7 +585,7 @@ class PresetStore:
             if path != pr.path:
                 self._check_conflicts(renamed, path, replacing=pr.name)
             renamed.modified = now_iso()
-            self._write_atomic(path, renamed.to_json())
+            atomic_write_text(path, renamed.to_json())
             if pr.path is not None and pr.path != path and pr.path.exists():
                 pr.path.unlink()
         finally:
@@ -639,7 +621,7 @@ class PresetStore:
             out = out / f"{file_stem(pr.name)}.json"
         if not out.parent.is_dir():
             raise PresetError(f"{out}: folder {out.parent} does not exist")
-        self._write_atomic(out, pr.to_json())
+        atomic_write_text(out, pr.to_json())
         return out
 
 

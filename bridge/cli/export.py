@@ -4,14 +4,13 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from engine import params as P
 from bridge.cli.options import DEFAULT_MUSIC, add_presets_option
 from engine.errors import RefmasterError
+from engine.io.atomic import atomic_write_bytes
 
 
 def resolve_chain(source: str, presets_dir=None) -> P.ChainParams:
@@ -36,18 +35,6 @@ def resolve_chain(source: str, presets_dir=None) -> P.ChainParams:
     return PresetStore(presets_dir).get(source).chain
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent) if str(path.parent) else ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _check_out(path, ext: str) -> Path:
     p = Path(path)
     if p.suffix.lower() != ext:
@@ -70,7 +57,7 @@ def cmd_export(args) -> int:
         model = build_model(chain)
         data = model.SerializeToString()
         OnnxStreamingChain(chain, model=data)  # onnxruntime must load what we write
-        _atomic_write_bytes(onnx_out, data)
+        atomic_write_bytes(onnx_out, data)
         print(f"{onnx_out}: ONNX opset {OPSET}, {len(model.graph.node)} nodes, {len(data) / 1024:.0f} KiB; inputs "
               f"audio (2, N) float32, params (46,), switches (6,), state ({STATE_SIZE},) float64; "
               f"latency {CHAIN_LATENCY} samples; parameter defaults from {args.source}")

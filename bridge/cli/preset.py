@@ -7,7 +7,6 @@ line each, and never hide the others.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 

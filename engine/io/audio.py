@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -26,6 +25,7 @@ import soundfile as sf
 from scipy.signal import resample_poly
 
 from engine.errors import AudioError
+from engine.io.atomic import atomic_path
 
 SAMPLE_RATE = 44100
 READ_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
@@ -185,13 +185,6 @@ def write_audio(path: PathLike, audio: np.ndarray, sample_rate: int = SAMPLE_RAT
     a = np.clip(a, -1.0, 1.0)
     if p.parent and not p.parent.exists():
         raise AudioError(f"{p}: folder {p.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=ext, dir=str(p.parent) if str(p.parent) else ".")
-    os.close(fd)
-    try:
-        sf.write(tmp, a.T, sample_rate, subtype="PCM_24", format="WAV" if ext == ".wav" else "FLAC")
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(p, suffix=ext) as tmp:
+        sf.write(str(tmp), a.T, sample_rate, subtype="PCM_24", format="WAV" if ext == ".wav" else "FLAC")
     return clipped

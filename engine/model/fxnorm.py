@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Dict, Iterable, Optional, Union
+from typing import Optional, Union
 
 import numpy as np
 from scipy.fft import irfft, next_fast_len, rfft

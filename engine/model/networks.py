@@ -24,7 +24,7 @@ config) without any network access.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from engine import params as P
 from engine.dsp.chain import render_chain
+from engine.io.atomic import atomic_path
 from engine.model.frontend import FEATURES, spectral_features
 
 MODEL_KINDS = ("white-box", "black-box")
@@ -213,9 +214,8 @@ class MasteringModel(nn.Module):
         tensors = {k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous()
                    for k, v in self.state_dict().items()}
         info = {"config": self.cfg.to_json(), "meta": json.dumps(meta or {})}
-        tmp = path.with_suffix(".tmp")
-        save_file(tensors, str(tmp), metadata=info)
-        tmp.replace(path)
+        with atomic_path(path, suffix=".safetensors") as tmp:
+            save_file(tensors, str(tmp), metadata=info)
 
     @classmethod
     def load(cls, path: Path, device="cpu") -> "MasteringModel":

@@ -26,6 +26,7 @@ import torch
 from engine.model.dataset import CORPUS_EXCERPT_SECONDS, HELD_OUT, ExampleSource, list_songs, load_songs, synth_entry
 from engine.model.fxnorm import load_stats
 from engine.analysis.losses import MultiScaleSpectralLoss
+from engine.io.atomic import atomic_path
 from engine.model.networks import MasteringModel, ModelConfig
 
 
@@ -209,11 +210,11 @@ def train(cfg: TrainConfig, out_dir: Path, data_dir: Optional[Path], device: str
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.kind}", unit="step", disable=not progress, dynamic_ncols=True)
 
     def save_checkpoint():
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                    "elapsed_s": elapsed_before + time.time() - t_start, "train_config": asdict(cfg),
-                    "model_config": asdict(model.cfg), "data_seed": data_seed + step,
-                    "torch_rng": torch.get_rng_state()}, out_dir / "checkpoint.tmp")
-        os.replace(out_dir / "checkpoint.tmp", ckpt_path)
+        with atomic_path(ckpt_path) as tmp:
+            torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                        "elapsed_s": elapsed_before + time.time() - t_start, "train_config": asdict(cfg),
+                        "model_config": asdict(model.cfg), "data_seed": data_seed + step,
+                        "torch_rng": torch.get_rng_state()}, tmp)
 
     model.train()
     last_val = None
