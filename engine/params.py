@@ -37,6 +37,10 @@ import torch
 
 from engine.errors import ParamError
 
+#: The rate the engine runs at (Hz): the chain, the features, Φ and Ψ. Audio at other rates is
+#: resampled on the way in and out (engine.io.audio).
+SAMPLE_RATE = 44100
+
 MODULES: Tuple[str, ...] = ("eq", "distortion", "multiband", "gain", "imager", "limiter")
 
 MODULE_TITLES: Dict[str, str] = {

@@ -29,7 +29,8 @@ import pyloudnorm
 import torch
 from scipy.signal import resample_poly
 
-SAMPLE_RATE = 44100
+from engine.params import SAMPLE_RATE
+
 EPS = 1e-10
 
 AF_WEIGHTS: Dict[str, float] = {"rms": 0.1, "crest": 0.001, "width": 1.0, "imbalance": 1.0, "bark": 0.1}

@@ -23,8 +23,8 @@ from engine import params as P
 from engine.dsp.dynamics import DYNAMICS_LATENCY, compressor_expander_gain, limiter_gain
 from engine.errors import ChainError
 from engine.dsp.filters import design_biquad, sosfilt, three_band_split
+from engine.params import SAMPLE_RATE
 
-SAMPLE_RATE = 44100
 #: Streaming latency of the whole chain: the lookahead of the compressor and of the limiter.
 CHAIN_LATENCY = 2 * DYNAMICS_LATENCY
 

@@ -26,8 +26,8 @@ from scipy.signal import resample_poly
 
 from engine.errors import AudioError
 from engine.io.atomic import atomic_path
+from engine.params import SAMPLE_RATE
 
-SAMPLE_RATE = 44100
 READ_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 WRITE_EXTENSIONS = (".wav", ".flac")
 #: Shortest audio we analyse or master (loudness needs 0.4 s gating blocks).

@@ -19,12 +19,13 @@ from functools import lru_cache
 import numpy as np
 import torch
 
+from engine.params import SAMPLE_RATE
+
 N_FFT = 2048
 HOP = 1024
 BANDS = 64
 FMIN, FMAX = 20.0, 20000.0
 FEATURES = 2 * BANDS + 4
-SAMPLE_RATE = 44100
 _FLOOR_DB = -100.0
 
 

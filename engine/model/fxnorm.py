@@ -30,8 +30,8 @@ from scipy.signal import welch
 
 from engine.errors import RefmasterError
 from engine.analysis.features import integrated_loudness
+from engine.params import SAMPLE_RATE
 
-SAMPLE_RATE = 44100
 STATS_PATH = Path(__file__).resolve().parents[1] / "data" / "fxnorm_stats.json"  # engine/data
 MAX_EQ_DB = 12.0
 SIDE_GAIN_LIMITS = (0.25, 4.0)

@@ -19,7 +19,8 @@ from typing import List, Tuple
 import numpy as np
 from scipy.signal import butter, fftconvolve, sosfilt
 
-SAMPLE_RATE = 44100
+from engine.params import SAMPLE_RATE
+
 TABLE = 2048
 
 MODES = {
