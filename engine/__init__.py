@@ -1,6 +1,7 @@
-"""refmaster's Torch engine: parameters, chain, features, models, ITO, training.
+"""refmaster's Torch engine: the 46-parameter schema (params.py) and errors at the root, then rooms:
+dsp/ (the chain), analysis/ (features, losses), model/ (Φ, Ψ, data, training), mastering/ (ITO, the job, evaluation), io/ (files).
 
-Nothing in here imports from ``bridge``, ``export`` or ``presets``.
+Nothing in here imports from ``bridge``, ``export`` or ``presets`` (tests/test_architecture.py).
 """
 
 __version__ = "0.1.0"

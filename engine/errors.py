@@ -22,6 +22,15 @@ class ParamError(RefmasterError, ValueError):
         super().__init__(f"parameter '{name}': {reason}")
 
 
+class UsageError(RefmasterError, ValueError):
+    """A request that cannot be carried out as asked (a missing reference, an unknown choice, a
+    configuration that does not match the run it would continue)."""
+
+
+class OptimisationError(RefmasterError, ArithmeticError):
+    """ITO (or a nudge) whose objective stopped being a finite number: the inputs cannot be optimised."""
+
+
 class ChainError(RefmasterError, ArithmeticError):
     """A numerical failure inside one module of the mastering chain."""
 

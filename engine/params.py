@@ -10,7 +10,6 @@ compressor/expander (21), make-up gain (1), stereo imager (1), limiter (3).
 Ranges are those of the ITO-Master white-box converter, widened where the training
 manipulation f draws outside them, so that every manipulation can be reproduced by the
 converter (SPEC.md asks for this and for the choice to be recorded):
-
 * multiband attack: converter 5–100 ms, f draws 1–20 ms        -> widened to 1–100 ms
 * multiband release: converter 5–100 ms, f draws 20–500 ms     -> widened to 5–500 ms
 * limiter attack: converter 5–100 ms, f draws 0.1–5 ms         -> widened to 0.1–100 ms
@@ -30,16 +29,34 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
 
-from engine.errors import ParamError
+from engine.errors import ParamError, RefmasterError
 
 #: The rate the engine runs at (Hz): the chain, the features, Φ and Ψ. Audio at other rates is
 #: resampled on the way in and out (engine.io.audio).
 SAMPLE_RATE = 44100
+
+#: ITO step counts, defined once for every caller (CLI, OSC, serve, evaluation): the default on
+#: z_ref (SPEC.md: up to 100 steps), the default of the paper's baseline on Θ, and the most
+#: anyone may ask for.
+ITO_STEPS = 100
+THETA_STEPS = 2000
+MAX_ITO_STEPS = 5000
+
+
+def check_steps(steps, what: str = "ITO steps", allow_zero: bool = False) -> int:
+    """``steps`` as an int in 1…MAX_ITO_STEPS (0… with ``allow_zero``), or one clear error."""
+    low = 0 if allow_zero else 1
+    if isinstance(steps, bool) or not isinstance(steps, (int, float)) or not float(steps).is_integer() \
+            or not low <= steps <= MAX_ITO_STEPS:
+        raise RefmasterError(f"{what} must be a whole number {low}…{MAX_ITO_STEPS}, got {steps!r}")
+    return int(steps)
+
 
 MODULES: Tuple[str, ...] = ("eq", "distortion", "multiband", "gain", "imager", "limiter")
 
@@ -100,11 +117,30 @@ class ParamSpec:
             )
         return min(max(value, self.min), self.max)
 
+    def to_dict(self, index: Optional[int] = None) -> dict:
+        """The JSON form (`refmaster params --json`, the OSC address space, the docs)."""
+        d = {"key": self.key, "module": self.module, "name": self.name, "unit": self.unit, "min": self.min,
+             "max": self.max, "default": self.default, "scale": self.scale, "description": self.description}
+        return d if index is None else {"index": index, **d}
+
     def clamp(self, value: float) -> float:
         return min(max(float(value), self.min), self.max)
 
 
-def _eq_band(prefix: str, label: str, fmin: float, fmax: float, fdef: float, kind: str) -> List[ParamSpec]:
+#: The EQ's sections in chain order: ``(parameter prefix, filter kind)``, with each band's
+#: label and centre/corner frequency range and default (Hz). Every table of bands reads these.
+EQ_BANDS: Tuple[Tuple[str, str], ...] = (("low_shelf", "low_shelf"), ("band0", "peaking"), ("band1", "peaking"),
+                                         ("band2", "peaking"), ("band3", "peaking"), ("high_shelf", "high_shelf"))
+_EQ_BAND_RANGES = {"low_shelf": ("Low shelf", 20.0, 2000.0, 100.0), "band0": ("Band 0", 80.0, 2000.0, 300.0),
+                   "band1": ("Band 1", 2000.0, 8000.0, 3000.0), "band2": ("Band 2", 8000.0, 12000.0, 10000.0),
+                   "band3": ("Band 3", 12000.0, 21050.0, 15000.0), "high_shelf": ("High shelf", 4000.0, 21050.0, 10000.0)}
+#: The multiband compressor's bands, low to high.
+MB_BANDS: Tuple[str, ...] = ("low", "mid", "high")
+
+
+def _eq_band(prefix: str, kind: str) -> List[ParamSpec]:
+    label, fmin, fmax, fdef = _EQ_BAND_RANGES[prefix]
+    kind = kind.replace("_", " ")
     return [
         ParamSpec("eq", f"{prefix}_gain", "dB", -20.0, 20.0, 0.0, "linear", f"{label} gain ({kind})"),
         ParamSpec("eq", f"{prefix}_freq", "Hz", fmin, fmax, fdef, "log", f"{label} {'corner' if 'shelf' in kind else 'centre'} frequency"),
@@ -125,12 +161,7 @@ def _mb_band(band: str) -> List[ParamSpec]:
 
 
 PARAMS: Tuple[ParamSpec, ...] = tuple(
-    _eq_band("low_shelf", "Low shelf", 20.0, 2000.0, 100.0, "low shelf")
-    + _eq_band("band0", "Band 0", 80.0, 2000.0, 300.0, "peaking")
-    + _eq_band("band1", "Band 1", 2000.0, 8000.0, 3000.0, "peaking")
-    + _eq_band("band2", "Band 2", 8000.0, 12000.0, 10000.0, "peaking")
-    + _eq_band("band3", "Band 3", 12000.0, 21050.0, 15000.0, "peaking")
-    + _eq_band("high_shelf", "High shelf", 4000.0, 21050.0, 10000.0, "high shelf")
+    [spec for band, kind in EQ_BANDS for spec in _eq_band(band, kind)]
     + [
         ParamSpec("distortion", "drive", "dB", 0.0, 8.0, 0.0, "linear", "Drive into the tanh soft clipper"),
         ParamSpec("distortion", "mix", "", 0.2, 0.7, 0.2, "linear", "Wet share of the parallel saturation"),
@@ -138,9 +169,7 @@ PARAMS: Tuple[ParamSpec, ...] = tuple(
         ParamSpec("multiband", "high_crossover", "Hz", 2000.0, 12000.0, 4000.0, "log", "Mid/high crossover (Linkwitz-Riley, 4th order)"),
         ParamSpec("multiband", "mix", "", 0.2, 0.7, 0.2, "linear", "Wet share of the parallel multiband dynamics"),
     ]
-    + _mb_band("low")
-    + _mb_band("mid")
-    + _mb_band("high")
+    + [spec for band in MB_BANDS for spec in _mb_band(band)]
     + [
         ParamSpec("gain", "gain", "dB", -24.0, 24.0, 0.0, "linear", "Make-up gain"),
         ParamSpec("imager", "width", "", 0.0, 1.0, 0.5, "linear", "Stereo width: 0 mono, 0.5 unchanged, 1 side only"),
@@ -359,6 +388,23 @@ class ChainParams:
         if not isinstance(switches, Mapping):
             raise ParamError("switches", "expected an object of module: true/false")
         return cls(dict(flat), dict(switches))
+
+    @classmethod
+    def load(cls, path) -> "ChainParams":
+        """Θ + switches from a JSON file (a params file or anything with a top-level "params");
+        every problem is one :class:`RefmasterError` naming the file."""
+
+        p = Path(path)
+        if not p.exists():
+            raise RefmasterError(f"{p}: no such parameter file")
+        try:
+            text = p.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise RefmasterError(f"{p}: cannot read parameter file ({e})") from None
+        try:
+            return cls.from_json(text)
+        except ParamError as e:
+            raise ParamError(e.name, f"{e.reason} (in {p})") from None
 
     @classmethod
     def from_json(cls, text: str) -> "ChainParams":

@@ -25,9 +25,10 @@ import numpy as np
 import torch
 
 from engine import params as P
-from engine.dsp.chain import SAMPLE_RATE, render_chain
-from engine.analysis.features import AF_WEIGHTS, af_distance, analyze, audio_features, feature_distance, integrated_loudness
-
+from engine.analysis.features import (AF_WEIGHTS, af_distance, analyze, audio_features, feature_distance,
+                                      integrated_loudness)
+from engine.dsp.chain import render_chain
+from engine.params import SAMPLE_RATE
 from export.pedalboard_chain import CALIBRATION, PedalboardSettings, PedalboardStreamingChain, calibration_keys
 
 #: Default length of audio the calibration renders per evaluation (the middle of the track).

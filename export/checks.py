@@ -2,7 +2,8 @@
 
 * :func:`exactness`: ONNX streaming vs the offline Torch render, per block configuration.
 * :func:`pedalboard_fidelity`: the pedalboard chain before and after calibration vs Torch.
-* :func:`render_memory`: peak memory of `refmaster render` on a long synthesised file.
+* :func:`render_memory`: peak memory of a streaming render (:func:`export.render.render_command`,
+  what `refmaster render --params` runs) on a long synthesised file.
 * :func:`bench_render`: real-time factor and p99 block time per backend and block size.
 
 Random Θ are draws of the training manipulation f (:func:`engine.model.manipulation.random_manipulation`)
@@ -20,11 +21,19 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
+import soundfile as sf
 import torch
 
 from engine import params as P
-from engine.dsp.chain import SAMPLE_RATE
+from engine.io.audio import load_audio
 from engine.model.manipulation import random_manipulation
+from engine.model.synth import synth_song
+from engine.params import SAMPLE_RATE
+from export.calibrate import calibrate, excerpt, fidelity, torch_render
+from export.factory import make_chain
+from export.onnx_stream import OnnxStreamingChain
+from export.pedalboard_chain import PedalboardStreamingChain
+from export.torch_stream import TorchSegmentChain
 
 #: Block configurations of the exactness check: fixed sizes, and sizes drawn at random.
 BLOCK_CONFIGS: Sequence[str] = ("32", "64", "128", "256", "512", "1024", "2048", "4096", "random")
@@ -61,7 +70,6 @@ def stream(chain, audio: np.ndarray, config: str, seed: int = 0) -> np.ndarray:
 
 def long_enough(files: Sequence[Path], seconds: float) -> List[Path]:
     """The files that hold at least ``seconds`` of audio (all of them if none does)."""
-    import soundfile as sf
 
     keep = [f for f in files if sf.info(str(f)).duration >= seconds]
     return keep or list(files)
@@ -69,7 +77,6 @@ def long_enough(files: Sequence[Path], seconds: float) -> List[Path]:
 
 def load_excerpt(path, seconds: float, offset_s: float = 30.0) -> np.ndarray:
     """``seconds`` of a song from ``offset_s`` (or from where it still fits)."""
-    from engine.io.audio import load_audio
 
     x = load_audio(path).audio
     n = int(seconds * SAMPLE_RATE)
@@ -85,8 +92,6 @@ def exactness(songs: Dict[str, np.ndarray], thetas: Sequence[P.ChainParams], con
     configuration ``i mod len(configs)`` only (the quick version the test runs).
     Returns one row per (Θ, configuration).
     """
-    from export.calibrate import torch_render
-    from export.streaming import OnnxStreamingChain
 
     names = sorted(songs)
     chain = OnnxStreamingChain()
@@ -114,8 +119,6 @@ def pedalboard_fidelity(songs: Dict[str, np.ndarray], thetas: Sequence[P.ChainPa
                         progress: Optional[Callable[[str], None]] = None) -> List[dict]:
     """For every song × Θ: fidelity of the pedalboard chain to the Torch render, uncalibrated and
     after calibrating on that song (the same excerpt the figures are measured on)."""
-    from export.calibrate import calibrate, excerpt, fidelity, torch_render
-    from export.pedalboard_chain import PedalboardStreamingChain
 
     rows = []
     for song, audio in sorted(songs.items()):
@@ -140,8 +143,6 @@ def pedalboard_fidelity(songs: Dict[str, np.ndarray], thetas: Sequence[P.ChainPa
 def torch_segments(songs: Dict[str, np.ndarray], thetas: Sequence[P.ChainParams],
                    progress: Optional[Callable[[str], None]] = None) -> List[dict]:
     """Max |segmented Torch stream − whole-file Torch render| (`render --backend torch`)."""
-    from export.calibrate import torch_render
-    from export.streaming import TorchSegmentChain
 
     rows = []
     for song, x in sorted(songs.items()):
@@ -159,9 +160,7 @@ def torch_segments(songs: Dict[str, np.ndarray], thetas: Sequence[P.ChainParams]
 def write_long_synth(path, minutes: float, distinct: int = 4, seed: int = 100, piece_seconds: float = 60.0) -> float:
     """Write ``minutes`` of synthesised music (``distinct`` songs of ``piece_seconds``, cycled)
     as 24-bit wav, a piece at a time; returns the length in seconds."""
-    import soundfile as sf
 
-    from engine.model.synth import synth_song
 
     pieces = [synth_song(seed + i, piece_seconds) for i in range(distinct)]
     total = int(round(minutes * 60 * SAMPLE_RATE))
@@ -176,13 +175,14 @@ def write_long_synth(path, minutes: float, distinct: int = 4, seed: int = 100, p
     return written / SAMPLE_RATE
 
 
-#: Runs the `refmaster` command line in a child process and prints its peak resident memory in
-#: KiB last. VmHWM (from /proc) belongs to the process's own memory map; getrusage's ru_maxrss
-#: would not do: Linux carries the parent's peak over into a child across exec.
+#: Runs a render (:func:`export.render.render_command`: the arguments of `refmaster render INPUT
+#: --params FILE ...`) in a child process and prints its peak resident memory in KiB last. VmHWM
+#: (from /proc) belongs to the process's own memory map; getrusage's ru_maxrss would not do:
+#: Linux carries the parent's peak over into a child across exec.
 PEAK_MEMORY_CHILD = (
     "import sys\n"
-    "from bridge.cli import main\n"
-    "rc = main(sys.argv[1:])\n"
+    "from export.render import render_command\n"
+    "rc = render_command(sys.argv[1:])\n"
     "hwm = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')]\n"
     "print(hwm[0] if hwm else -1)\n"
     "sys.exit(rc)\n"
@@ -190,7 +190,8 @@ PEAK_MEMORY_CHILD = (
 
 
 def run_with_peak_memory(argv: Sequence[str], cwd=None, timeout: Optional[float] = None):
-    """Run ``refmaster argv`` in a child process; returns ``(completed process, peak MiB)``."""
+    """Run ``render INPUT --params FILE [--backend B] [--block N] -o OUT`` (``argv``, as for
+    `refmaster`) in a child process; returns ``(completed process, peak MiB)``."""
     proc = subprocess.run([sys.executable, "-c", PEAK_MEMORY_CHILD, *map(str, argv)], capture_output=True, text=True,
                           cwd=cwd, timeout=timeout)
     lines = proc.stdout.strip().splitlines()
@@ -200,7 +201,7 @@ def run_with_peak_memory(argv: Sequence[str], cwd=None, timeout: Optional[float]
 
 def render_memory(minutes: float = 60.0, backend: str = "onnx", block: int = 512, folder=None,
                   params_file=None) -> dict:
-    """Peak resident memory of `refmaster render` (a child process) on a long synthesised file."""
+    """Peak resident memory of a streaming render (a child process) on a long synthesised file."""
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
         src, out = Path(tmp) / "long.wav", Path(tmp) / "long_master.wav"
         t0 = time.perf_counter()
@@ -215,7 +216,6 @@ def render_memory(minutes: float = 60.0, backend: str = "onnx", block: int = 512
         wall = time.perf_counter() - t0
         if proc.returncode != 0:
             raise RuntimeError(f"render failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
-        import soundfile as sf
 
         frames = sf.info(str(out)).frames
         return {"minutes": seconds / 60.0, "backend": backend, "block": block, "peak_rss_mb": peak_mb,
@@ -233,8 +233,6 @@ def bench_render(audio: np.ndarray, theta: P.ChainParams, backends: Sequence[str
     the whole excerpt (its streaming form renders 24 s segments, so a per-block time means
     nothing): one row with its real-time factor.
     """
-    from export.calibrate import torch_render
-    from export.streaming import make_chain
 
     torch.set_num_threads(1)
     seconds = audio.shape[1] / SAMPLE_RATE

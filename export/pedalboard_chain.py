@@ -2,7 +2,6 @@
 
 Θ maps onto pedalboard (JUCE) plugins where pedalboard has them, and the parts it lacks run
 in NumPy between boards, all streaming with state:
-
 1. board ``pre``: ``LowShelfFilter``, four ``PeakFilter``, ``HighShelfFilter`` (the same RBJ
    designs as the Torch EQ), then the parallel saturation as ``Mix([Gain(dry), Pedalboard(
    [Distortion(drive), Gain(wet)])])`` (pedalboard's Distortion is ``tanh(drive x)``, as ours);
@@ -23,7 +22,7 @@ stereo-linked RMS and peak detectors at the control rate with lookahead), so the
 carry calibration offsets (:data:`CALIBRATION`), found by :func:`export.calibrate.calibrate`
 with CMA-ES against the Torch render of a track. :class:`PedalboardSettings` holds Θ, the
 offsets and the resulting plugin settings; it is what ``refmaster export --pedalboard`` saves.
-Latency: 0 (no lookahead).
+Latency: ``2 * LOOKAHEAD`` = 64 samples (each dynamics stage looks one control frame ahead).
 """
 
 from __future__ import annotations
@@ -36,15 +35,16 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import pedalboard as pb
+import torch
 from scipy.signal import lfilter, sosfilt
 
 from engine import params as P
-from engine.io.atomic import atomic_write_text
-from engine.dsp.chain import EQ_BANDS, MB_BANDS, SAMPLE_RATE
-from engine.dsp.dynamics import CONTROL_HOP, EXP_RATIO_FLOOR, RMS_WINDOW_MS
+from engine.dsp.chain import EQ_BANDS, MB_BANDS
+from engine.dsp.dynamics import CONTROL_HOP, EXP_RATIO_FLOOR, RMS_WINDOW_MS, TORCHCOMP_MS_SCALE
+from engine.dsp.filters import crossover_sections
 from engine.errors import ParamError, RefmasterError
-
-from export.onnx_chain import TORCHCOMP_MS_SCALE
+from engine.io.atomic import atomic_write_text
+from engine.params import SAMPLE_RATE
 from export.streaming import StreamingChain
 
 SCHEMA_TAG = "refmaster.pedalboard/1"
@@ -265,8 +265,7 @@ class PedalboardStreamingChain(StreamingChain):
             plugin.cutoff_frequency_hz, plugin.gain_db, plugin.q = cfg["cutoff_frequency_hz"], cfg["gain_db"], cfg["q"]
         sat = s["saturation"]
         self._dry.gain_db, self._drive.drive_db, self._wet.gain_db = sat["dry_gain_db"], sat["drive_db"], sat["wet_gain_db"]
-        from engine.dsp.filters import crossover_sections
-        import torch
+
 
         lp, hp = crossover_sections(torch.tensor([s["crossovers_hz"][0]], dtype=torch.float64),
                                     torch.tensor([s["crossovers_hz"][1]], dtype=torch.float64), SAMPLE_RATE)

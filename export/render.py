@@ -20,25 +20,29 @@ the fly (:class:`LoudnessMeter`, :class:`TruePeakMeter`).
 
 from __future__ import annotations
 
+import argparse
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List
+from typing import List, Optional, Sequence
 
 import numpy as np
 import pyloudnorm
 import soundfile as sf
 from scipy.signal import lfilter, resample_poly
+from tqdm import tqdm
 
+from engine import params as P
+from engine.errors import AudioError, RefmasterError
 from engine.io.atomic import atomic_path
-from engine.io.audio import (MIN_SECONDS, SILENCE_PEAK, WRITE_EXTENSIONS, check_header, check_mp3_length,
-                             check_path, decode_error)
-from engine.dsp.chain import SAMPLE_RATE
-from engine.errors import AudioError
-
+from engine.io.audio import (MIN_SECONDS, SILENCE_PEAK, WRITE_EXTENSIONS, check_header, check_mp3_length, check_path,
+                             decode_error)
+from engine.params import SAMPLE_RATE
+from export.factory import make_chain
 from export.resample import StreamingResampler
-from export.streaming import StreamingChain
+from export.streaming import BACKENDS, StreamingChain
 
 #: Largest block read from or written to disk at once (samples at the file's rate).
 IO_BLOCK = 1 << 16
@@ -223,7 +227,6 @@ def render_file(input_path, output_path, chain: StreamingChain, block: int = 512
 
     ``progress``: show a tqdm bar on stderr (only when stderr is a terminal).
     """
-    from tqdm import tqdm
 
     out = Path(output_path)
     ext = out.suffix.lower()
@@ -245,7 +248,6 @@ def render_file(input_path, output_path, chain: StreamingChain, block: int = 512
 
     with atomic_path(out, suffix=ext) as tmp:
         with sf.SoundFile(str(tmp), "w", rate, 2, subtype="PCM_24", format="WAV" if ext == ".wav" else "FLAC") as writer:
-
             def write(chunks: List[np.ndarray], final: bool = False) -> None:
                 """Chain output at 44.1 kHz (latency not yet removed) -> meters -> file."""
                 nonlocal to_skip, written, clipped
@@ -297,3 +299,35 @@ def render_file(input_path, output_path, chain: StreamingChain, block: int = 512
     return RenderReport(Path(input_path), out, chain.backend, block, rate, reader.frames_read,
                         reader.frames_read / rate, time.perf_counter() - t0, meter_in.integrated(),
                         meter_out.integrated(), peak_out.db(), clipped)
+
+
+def render_command(argv: Optional[Sequence[str]] = None) -> int:
+    """``python -m export.render render INPUT --params FILE [--backend B] [--block N] -o OUT``.
+
+    :func:`render_file` with a parameter file, the way `refmaster render --params` runs it, from
+    export/ alone: :func:`export.checks.run_with_peak_memory` runs this in a child process to
+    measure the render's peak memory. Returns the exit status; a problem is one line on stderr.
+    """
+
+
+    ap = argparse.ArgumentParser(prog="python -m export.render", description=render_command.__doc__.split("\n")[0])
+    ap.add_argument("command", choices=("render",), help="the one command (as `refmaster render`)")
+    ap.add_argument("input")
+    ap.add_argument("--params", required=True, metavar="FILE.json", help="chain parameters")
+    ap.add_argument("--backend", choices=BACKENDS, default="torch")
+    ap.add_argument("--block", type=int, default=512, metavar="N", help="samples per block at 44.1 kHz")
+    ap.add_argument("-o", "--output", required=True, metavar="OUT", help=".wav or .flac (24-bit)")
+    args = ap.parse_args(argv)
+    try:
+        chain = make_chain(args.backend, P.ChainParams.load(args.params))
+        r = render_file(args.input, args.output, chain, block=args.block)
+    except RefmasterError as e:
+        print(f"refmaster: error: {e}", file=sys.stderr)
+        return 2
+    print(f"rendered {r.input.name} -> {r.output}  ({r.seconds:.1f} s, {r.source_rate} Hz, 24-bit; "
+          f"{r.backend} backend, {r.block}-sample blocks, {r.realtime_factor:.0f}x real time)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(render_command())

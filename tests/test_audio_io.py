@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from engine.io.audio import load_audio, write_audio
 from engine.errors import AudioError
+from engine.io.audio import load_audio, write_audio
 
 
 @pytest.fixture

@@ -1,12 +1,12 @@
 import numpy as np
 import pytest
 import torch
-
 from conftest import active_params, loudness
+
 from engine import params as P
+from engine.analysis.features import bark_band_centres, bark_spectrum, crest_factor_db, stereo_width
 from engine.dsp.chain import CHAIN_LATENCY, render_chain
 from engine.errors import ChainError, ParamError
-from engine.analysis.features import bark_band_centres, bark_spectrum, crest_factor_db, stereo_width
 
 
 def only(module: str) -> torch.Tensor:

@@ -12,8 +12,8 @@ import math
 from pathlib import Path
 
 import numpy as np
-import pytest
 import pyloudnorm
+import pytest
 import soundfile as sf
 import torch
 
@@ -54,8 +54,8 @@ def tracks(tmp_path_factory):
 
 def _excerpts(x_loaded: np.ndarray):
     """f_norm(x) and the excerpt batch ITO works on, as `engine.mastering.job.master` makes them."""
-    from engine.model.fxnorm import fx_normalize, load_stats
     from engine.mastering.ito import choose_excerpts, excerpt_batch
+    from engine.model.fxnorm import fx_normalize, load_stats
 
     x_norm = fx_normalize(x_loaded, load_stats())
     return x_norm, excerpt_batch(x_norm, choose_excerpts(x_norm, 2.5, 3))
@@ -64,8 +64,8 @@ def _excerpts(x_loaded: np.ndarray):
 # ------------------------------------------------------------------ --ito-ref
 
 def test_ito_ref_sets_the_ito_target_and_the_loudness(capsys, tracks, tmp_path):
-    from engine.dsp.chain import render_chain
     from engine.analysis.features import audio_features, drv_db
+    from engine.dsp.chain import render_chain
     from engine.mastering.ito import DRV_WEIGHT, FrozenWhiteBox, af_objective
 
     out = tmp_path / "m.wav"
@@ -102,8 +102,8 @@ def test_ito_ref_sets_the_ito_target_and_the_loudness(capsys, tracks, tmp_path):
 # ------------------------------------------------------------------ --model black-box
 
 def test_black_box_master_is_the_black_box_render_and_saves_no_preset(capsys, tracks, tmp_path):
-    from engine.mastering.ito import af_objective
     from engine.analysis.features import audio_features, drv_db
+    from engine.mastering.ito import af_objective
 
     presets = tmp_path / "p"
     out = tmp_path / "bb.wav"

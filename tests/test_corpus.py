@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 
 from bridge.cli import main
-from engine.model.corpus import build_corpus, licence_of, song_id, split_songs, split_files
+from engine.model.corpus import build_corpus, licence_of, song_id, split_files, split_songs
 from engine.model.synth import synth_song
 
 pytestmark = pytest.mark.skipif(subprocess.run(["which", "dpkg-deb"], capture_output=True).returncode != 0,

@@ -204,7 +204,7 @@ def test_eval_synthetic_figures_are_those_of_its_rows(capsys, tmp_path):
 def test_export_check_exactness_prints_what_it_measured(capsys, tmp_path, monkeypatch):
     from engine.dsp.chain import render_chain
     from export import checks
-    from export.streaming import OnnxStreamingChain
+    from export.onnx_stream import OnnxStreamingChain
 
     d = _write_songs(tmp_path / "songs", [("one", 51, 0.9, 1.0)], 1.3)
     seen = []

@@ -6,17 +6,17 @@ import numpy as np
 import onnx
 import pytest
 import torch
-
 from conftest import REAL_SONGS, needs_real_music
+
 from engine import params as P
 from engine.dsp.chain import CHAIN_LATENCY, render_chain
 from engine.dsp.dynamics import time_coef
 from engine.errors import AudioError, ChainError
 from export import checks
-from export.onnx_chain import (FORMAT_TAG, OPSET, STATE_SIZE, _SECTION_KINDS, _design_sections, build_model,
-                               state_layout)
 from export.onnx_builder import GraphBuilder
-from export.streaming import OnnxStreamingChain, session_options
+from export.onnx_chain import FORMAT_TAG, OPSET, STATE_SIZE, build_model, state_layout
+from export.onnx_coefficients import _SECTION_KINDS, _design_sections
+from export.onnx_stream import OnnxStreamingChain, session_options
 
 TOL = 1e-4  # the issue's limit; measured differences are around 1e-6 (docs/export.md)
 
@@ -93,7 +93,7 @@ def test_time_coefficients_match_torchcomp():
     differ from torch's by one unit in the last place)."""
     import onnxruntime as ort
 
-    from export.onnx_chain import _time_coef
+    from export.onnx_coefficients import _time_coef
 
     g = GraphBuilder("tc")
     ms = g.input("ms", np.float32, ["K"])

@@ -74,7 +74,7 @@ def test_render_backends(capsys, wav, theta_file, tmp_path, song):
         assert f"{backend} backend" in stdout and "LUFS" in stdout
         outs[backend], rate = read(out)
         assert rate == 44100 and outs[backend].shape == song.shape
-    from bridge.cli.chain import render_offline
+    from engine.dsp.chain import render_offline
 
     offline = np.clip(render_offline(song, P.ChainParams.from_json(theta_file.read_text())), -1, 1)
     assert np.abs(outs["torch"] - offline).max() <= 1e-6
@@ -93,7 +93,7 @@ def test_render_at_48k_matches_the_offline_path(capsys, tmp_path, song, theta_fi
     assert run(capsys, "render", src, "--params", theta_file, "--backend", "onnx", "-o", out)[0] == 0
     y, rate = read(out)
     assert rate == 48000 and y.shape == x48.shape
-    from bridge.cli.chain import render_offline
+    from engine.dsp.chain import render_offline
 
     offline = render_offline(resample(x48, 48000, 44100), P.ChainParams.from_json(theta_file.read_text()))
     offline = np.clip(resample(offline, 44100, 48000)[:, :x48.shape[1]], -1, 1)
@@ -179,7 +179,7 @@ def test_render_with_a_preset(capsys, tmp_path, wav):
                             "--backend", "onnx", "-o", out)
     assert code == 0, err
     # the file is the preset's chain, rendered: the offline Torch render of that Θ, to 24-bit precision
-    from bridge.cli.chain import render_offline
+    from engine.dsp.chain import render_offline
 
     x, _ = read(wav)
     want = np.clip(render_offline(x, theta), -1, 1)

@@ -13,8 +13,8 @@ from engine import params as P
 from engine.analysis.features import audio_features
 from engine.mastering.ito import af_objective, choose_excerpts, excerpt_batch, optimize_embedding, optimize_params
 from engine.mastering.job import MasterSettings, master
-from engine.model.networks import MasteringModel, default_weights
 from engine.mastering.nudge import NUDGE_CHECKS, NUDGES, parse_nudges
+from engine.model.networks import MasteringModel, default_weights
 from engine.model.synth import synth_song
 
 pytestmark = pytest.mark.skipif(not default_weights("white-box").exists(),
@@ -67,8 +67,8 @@ def test_ito_keeps_the_best_step_and_stops_with_patience(model, pair):
 
 
 def test_default_objective_adds_the_dynamics_term(pair):
-    from engine.dsp.chain import render_chain
     from engine.analysis.features import drv_db, drv_torch, onset_table
+    from engine.dsp.chain import render_chain
 
     x, ref = pair
     ref_t = torch.from_numpy(ref).unsqueeze(0)
@@ -216,8 +216,8 @@ def test_master_cli_writes_master_preset_plot_json(capsys, files):
     assert Path(r["preset"]).exists() and (files / "p.png").stat().st_size > 10000
     assert r["ito"]["steps_run"] <= 8 and r["params"]["schema"] == P.SCHEMA_TAG
     # the preset holds the Θ of the master (after ITO and the matches), and that Θ renders the file
-    from engine.io.audio import load_audio
     from engine.dsp.chain import render_chain
+    from engine.io.audio import load_audio
     from engine.model.fxnorm import fx_normalize
     from presets import PresetStore
 
@@ -299,8 +299,8 @@ def test_ctrl_c_during_ito_leaves_no_output(capsys, files, monkeypatch):
 
 
 def test_osc_ito_and_nudge_hooks(pair):
-    from bridge.osc.server import ItoRequest
     from bridge.cli.serve import ito_handlers
+    from bridge.osc.server import ItoRequest
 
     x, ref = pair
     run_ito, nudge = ito_handlers(None, x, ref)

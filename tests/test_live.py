@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from osc_peers import OscDump, needs_liblo, oscsend
 
 from engine import params as P
 from engine.dsp.chain import CHAIN_LATENCY
-from osc_peers import OscDump, needs_liblo, oscsend
 from presets import Preset, PresetStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,7 +115,7 @@ def setup(tmp_path, song):
 
 
 def offline(audio, chain):
-    from bridge.cli.chain import render_offline
+    from engine.dsp.chain import render_offline
 
     return render_offline(audio, chain)
 

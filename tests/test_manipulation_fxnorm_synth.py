@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 import torch
-
 from conftest import REAL_SONGS, needs_real_music
+
 from engine import params as P
 from engine.analysis.features import integrated_loudness
 from engine.model.fxnorm import fx_normalize, load_stats, side_mid_ratio
@@ -90,8 +90,9 @@ def test_fxnorm_on_real_music_within_1_lu():
 @needs_real_music
 def test_default_chain_keeps_loudness_on_real_music():
     from conftest import loudness
-    from engine.io.audio import load_audio
+
     from engine.dsp.chain import render_chain
+    from engine.io.audio import load_audio
 
     for f in REAL_SONGS[:6]:
         x = torch.from_numpy(load_audio(f).audio[:, : 44100 * 15]).unsqueeze(0)

@@ -5,10 +5,9 @@ import math
 import torch
 
 from engine import params as P
-from engine.analysis.features import integrated_loudness
+from engine.analysis.features import drv_db, integrated_loudness
+from engine.mastering.matches import LOUDNESS_TOLERANCE_LU, match_dynamics, match_loudness
 from engine.model.fxnorm import fx_normalize
-from engine.analysis.features import drv_db
-from engine.mastering.job import LOUDNESS_TOLERANCE_LU, match_dynamics, match_loudness
 from engine.model.synth import synth_song
 
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from engine import params as P
-from engine.model.dataset import ExampleSource
-from engine.errors import RefmasterError
-from engine.model.fxnorm import load_stats
 from engine.analysis.losses import MultiScaleSpectralLoss
+from engine.errors import RefmasterError
+from engine.model.dataset import ExampleSource
+from engine.model.fxnorm import load_stats
 from engine.model.networks import MasteringModel, ModelConfig
 from engine.model.training import TrainConfig, train
 

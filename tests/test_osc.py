@@ -8,12 +8,13 @@ import time
 
 import numpy as np
 import pytest
+from osc_peers import OscDump, needs_liblo, oscsend
 
 from bridge.osc import space as A
 from bridge.osc.dialects import Dialect
-from bridge.osc.server import ItoResult, OscServer, check_packet, encode_message
+from bridge.osc.server import ItoResult, OscServer
+from bridge.osc.wire import check_packet, encode_message
 from engine import params as P
-from osc_peers import OscDump, needs_liblo, oscsend
 from presets import Preset, PresetStore
 
 pytestmark = needs_liblo

@@ -22,7 +22,8 @@ from pythonosc.osc_server import ThreadingOSCUDPServer
 from pythonosc.udp_client import SimpleUDPClient
 
 from bridge.osc import space as A
-from bridge.osc.server import BridgeState, OscServer
+from bridge.osc.server import OscServer
+from bridge.osc.state import BridgeState
 from engine import params as P
 from engine.model.networks import default_weights
 from engine.model.synth import synth_song

@@ -15,8 +15,9 @@ import soundfile as sf
 from bridge.cli import main
 from engine import params as P
 from engine.io.audio import load_audio
-from presets import (Preset, PresetError, PresetStore, fingerprint, fingerprint_bit_error, fingerprints_match)
-from presets.store import FACTORY_DIR, SCHEMA_TAG, file_stem
+from presets import Preset, PresetError, PresetStore, fingerprint, fingerprint_bit_error, fingerprints_match
+from presets.preset import SCHEMA_TAG, file_stem
+from presets.store import FACTORY_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -137,7 +138,7 @@ def test_migrates_a_bare_chain_file_and_imports_it(store, tmp_path, capsys):
 
 
 def test_factory_presets_load_render_and_are_read_only(store, capsys):
-    from bridge.cli.chain import render_offline
+    from engine.dsp.chain import render_offline
     from engine.model.synth import synth_song
 
     factory = [p for p in store.list() if p.factory]

@@ -37,7 +37,7 @@ def _material(seconds: float, data: Path | None):
             x, r = (load_audio(p).audio for p in names)
             mid = lambda a: a[:, max(0, a.shape[1] // 2 - n // 2) :][:, :n]
             return mid(x), mid(r), f"{names[0].name} (input) and {names[1].name} (reference), 30 s from the middle"
-    from bridge.cli.demo import make_demo_pair
+    from engine.model.synth import demo_pair as make_demo_pair
 
     x, _, r, _ = make_demo_pair(seconds, 7)
     return x, r, "two synthesised songs (the demo's pair)"
@@ -111,7 +111,7 @@ def format_ito_bench(r: dict) -> str:
     return "\n".join(lines)
 
 
-def add_model_arguments(b) -> None:
+def _model_arguments(b) -> None:
     b.add_argument("--model", choices=("white-box", "black-box"), default="white-box")
     b.add_argument("--weights", help="a .safetensors file instead of the shipped weights")
     b.add_argument("--seconds", type=float, default=30.0)
@@ -120,7 +120,8 @@ def add_model_arguments(b) -> None:
 
 
 def cmd_bench_model(args) -> int:
-    from bridge.cli.training import DEFAULT_DATA, load_model
+    from bridge.cli.options import DEFAULT_MUSIC as DEFAULT_DATA
+    from engine.model.networks import load_model
 
     model = load_model(args.model, args.weights)
     r = bench_model(model, args.seconds, args.repeat, Path(args.data) if args.data else DEFAULT_DATA)
@@ -129,9 +130,21 @@ def cmd_bench_model(args) -> int:
 
 
 def cmd_bench_ito(args) -> int:
-    from bridge.cli.training import DEFAULT_DATA, load_model
+    from bridge.cli.options import DEFAULT_MUSIC as DEFAULT_DATA
+    from engine.model.networks import load_model
 
     model = load_model(args.model, args.weights)
     r = bench_ito(model, args.seconds, args.steps, Path(args.data) if args.data else DEFAULT_DATA, full=not args.fast_only)
     print(json.dumps(r, indent=2) if args.json else format_ito_bench(r))
     return 0
+
+
+def register(bsub) -> dict:
+    b = bsub.add_parser("model", help="Φ + Ψ + render of a 30 s track (no ITO), stages broken down")
+    _model_arguments(b)
+    b.add_argument("--repeat", type=int, default=3)
+    b = bsub.add_parser("ito", help="fast ITO on excerpts vs ITO on the whole track: time and final AF distance")
+    _model_arguments(b)
+    b.add_argument("--steps", type=int, default=100)
+    b.add_argument("--fast-only", action="store_true", help="skip the (slow) whole-track comparison")
+    return {"model": cmd_bench_model, "ito": cmd_bench_ito}

@@ -25,9 +25,9 @@ from typing import List, Optional
 
 import numpy as np
 
-from engine import params as P
-
 from bridge.live.engine import prepare_realtime
+from engine import params as P
+from engine.params import SAMPLE_RATE
 
 #: A sender: takes its job as JSON in argv[1], sends, prints the last value per address as JSON.
 SENDER = r"""
@@ -109,9 +109,11 @@ def _sender_jobs(host: str, port: int, rate: float, seconds: float, senders: int
 def bench_osc(seconds: float = 10.0, rate: float = 10000.0, senders: int = 2, block: int = 512,
               backend: str = "onnx", song: Optional[np.ndarray] = None, subscriber: bool = True) -> dict:
     """Run the load test; returns the figures (see the module docstring)."""
+    from bridge.live.engine import LiveEngine, open_backend, run_paced
+    from bridge.live.outputs import NullOutput
     from bridge.osc import space as A
-    from bridge.live.engine import LiveEngine, NullOutput, open_backend, run_paced
-    from bridge.osc.server import BridgeState, OscServer
+    from bridge.osc.server import OscServer
+    from bridge.osc.state import BridgeState
 
     if song is None:
         from engine.model.synth import synth_song
@@ -167,7 +169,7 @@ def bench_osc(seconds: float = 10.0, rate: float = 10000.0, senders: int = 2, bl
             deadline = time.monotonic() + 5.0
             while server.stats.messages < expected_total and time.monotonic() < deadline:
                 time.sleep(0.01)
-            time.sleep(max(0.1, 4 * block / 44100))
+            time.sleep(max(0.1, 4 * block / SAMPLE_RATE))
         finally:
             stop.set()
             for p in procs:
@@ -209,7 +211,7 @@ def bench_osc(seconds: float = 10.0, rate: float = 10000.0, senders: int = 2, bl
         "blocks": s["blocks"], "changed_blocks": s["changed_blocks"], "missed_deadlines": s["missed_deadlines"],
         "missed_at_block": engine.stats.missed_at_block[:20],
         "block_ms_p50": s["block_ms_p50"], "block_ms_p99": s["block_ms_p99"], "block_ms_max": s["block_ms_max"],
-        "block_budget_ms": 1000.0 * block / 44100,
+        "block_budget_ms": 1000.0 * block / SAMPLE_RATE,
         "latency_ms_p50": s["latency_ms_p50"], "latency_ms_p99": s["latency_ms_p99"],
         "latency_ms_max": s["latency_ms_max"], "latency_samples": len(engine.stats.latency_ms),
         "play_latency_ms_p50": s["play_latency_ms_p50"], "play_latency_ms_p99": s["play_latency_ms_p99"],
@@ -249,10 +251,12 @@ def cmd_bench_osc(args) -> int:
     return 0 if r["final_state_mismatches"] == 0 else 1
 
 
-def add_arguments(b) -> None:
+def register(bsub) -> dict:
+    b = bsub.add_parser("osc", help="OSC server under load while the live engine renders (missed deadlines, latency)")
     b.add_argument("--seconds", type=float, default=10.0)
     b.add_argument("--rate", type=float, default=10000.0, help="messages per second, all senders together")
     b.add_argument("--senders", type=int, default=2)
     b.add_argument("--block", type=int, default=512)
     b.add_argument("--backend", choices=("onnx", "pedalboard"), default="onnx")
     b.add_argument("--json", action="store_true")
+    return {"osc": cmd_bench_osc}

@@ -12,15 +12,18 @@ import json
 from pathlib import Path
 
 from bridge.cli.options import DEFAULT_MUSIC as REAL_MUSIC
+from engine.params import SAMPLE_RATE
 
 
-def add_arguments(b) -> None:
+def register(bsub) -> dict:
+    b = bsub.add_parser("render", help="streaming backends: real-time factor and p99 block time, one thread")
     b.add_argument("--input", metavar="AUDIO", help="music to stream (default: a song from ../shared/audio)")
     b.add_argument("--seconds", type=float, default=30.0)
     b.add_argument("--backends", default="onnx,pedalboard,torch", help="comma-separated (default: all three)")
     b.add_argument("--blocks", default="64,512,4096", help="comma-separated block sizes")
     b.add_argument("--seed", type=int, default=3, help="seed of the random Θ")
     b.add_argument("--json", action="store_true")
+    return {"render": cmd_bench_render}
 
 
 def cmd_bench_render(args) -> int:
@@ -37,7 +40,7 @@ def cmd_bench_render(args) -> int:
             audio, source = load_excerpt(songs[0], args.seconds), songs[0].name
         else:
             audio, source = synth_song(0, args.seconds), "synthesised song"
-    source = f"{audio.shape[1] / 44100:.0f} s of {source}"
+    source = f"{audio.shape[1] / SAMPLE_RATE:.0f} s of {source}"
     theta = random_thetas(1, args.seed)[0]
     rows = bench_render(audio, theta, [b for b in args.backends.split(",") if b],
                         [int(b) for b in args.blocks.split(",") if b])

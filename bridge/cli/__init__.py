@@ -6,6 +6,10 @@ parser and applies the error policy. Every problem a user can cause or fix (a ba
 parameter, a numerical failure in a named module) is printed as one line,
 ``refmaster: error: ...``, with exit status 2. Ctrl-C exits with 130 and no traceback.
 Anything else is a bug and keeps its traceback.
+
+Command modules (those with ``register``) never import one another: what two commands share lives
+in :mod:`bridge.cli.options` (argument declarations), :mod:`bridge.cli.report` (tables, plots) or
+in the engine. They may import everything below bridge/cli.
 """
 
 from __future__ import annotations
@@ -63,7 +67,3 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def entry_point() -> None:
     sys.exit(main())
-
-
-if __name__ == "__main__":
-    entry_point()

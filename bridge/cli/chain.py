@@ -6,34 +6,15 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
-from engine import params as P
 from bridge.cli.options import add_presets_option
+from engine import params as P
+from engine.errors import AudioError, RefmasterError
 from engine.io.audio import READ_EXTENSIONS, load_audio, write_audio
-from engine.errors import AudioError, ParamError, RefmasterError
-
-
-def load_chain_params(path) -> P.ChainParams:
-    """Θ + switches from a JSON file (a params file or anything with a top-level "params")."""
-    p = Path(path)
-    if not p.exists():
-        raise RefmasterError(f"{p}: no such parameter file")
-    try:
-        text = p.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise RefmasterError(f"{p}: cannot read parameter file ({e})") from None
-    try:
-        return P.ChainParams.from_json(text)
-    except ParamError as e:
-        raise ParamError(e.name, f"{e.reason} (in {p})") from None
 
 
 def cmd_params(args) -> int:
     if args.json:
-        print(json.dumps([{"index": i + 1, "key": s.key, "module": s.module, "name": s.name, "unit": s.unit,
-                           "min": s.min, "max": s.max, "default": s.default, "scale": s.scale,
-                           "description": s.description} for i, s in enumerate(P.PARAMS)], indent=2))
+        print(json.dumps([s.to_dict(i + 1) for i, s in enumerate(P.PARAMS)], indent=2))
     else:
         print(P.params_table())
         print(f"\n{P.NUM_PARAMS} parameters. Hz, ms, Q and ratios map to 0…1 on a log scale.")
@@ -41,9 +22,8 @@ def cmd_params(args) -> int:
 
 
 def cmd_analyze(args) -> int:
-    from engine.analysis.features import analyze
-
     from bridge.cli.report import analysis_table, plot_analysis
+    from engine.analysis.features import analyze
 
     loaded = load_audio(args.file)
     result = analyze(loaded.audio)
@@ -62,18 +42,6 @@ def cmd_analyze(args) -> int:
     return 0
 
 
-def render_offline(audio: np.ndarray, chain: P.ChainParams) -> np.ndarray:
-    """Render ``(2, T)`` float32 audio through the Torch chain, without gradients."""
-    import torch
-
-    from engine.dsp.chain import render_chain
-
-    params, switches = chain.to_tensors()
-    with torch.no_grad():
-        y = render_chain(torch.from_numpy(audio).unsqueeze(0), params, switches)
-    return y[0].numpy()
-
-
 def chain_source(args) -> P.ChainParams:
     """Θ + switches for `render`/`export`: ``--params FILE``, ``--preset NAME`` or, for `render`,
     the parameters stored in the ``--onnx``/``--pedalboard`` file it is given."""
@@ -81,13 +49,13 @@ def chain_source(args) -> P.ChainParams:
     if params_file and preset:
         raise RefmasterError("give --params FILE or --preset NAME, not both")
     if params_file:
-        return load_chain_params(params_file)
+        return P.ChainParams.load(params_file)
     if preset:
         from presets import PresetStore
 
         return PresetStore(getattr(args, "presets", None)).get(preset).chain
     if getattr(args, "onnx", None):
-        from export.streaming import onnx_file_params
+        from export.onnx_stream import onnx_file_params
 
         return onnx_file_params(args.onnx)
     if getattr(args, "pedalboard", None):
@@ -99,8 +67,8 @@ def chain_source(args) -> P.ChainParams:
 
 def cmd_render(args) -> int:
     """Stream INPUT through the chain (any backend) to OUT, in bounded memory."""
+    from export.factory import make_chain
     from export.render import render_file
-    from export.streaming import make_chain
 
     chain = chain_source(args)  # parameter problems first: cheaper than decoding audio
     if args.onnx and args.backend != "onnx":

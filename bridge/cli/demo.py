@@ -10,44 +10,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
-from engine import params as P
-from engine.io.audio import write_audio
-from engine.dsp.chain import render_chain
 from engine.analysis.features import analyze
-from engine.model.synth import synth_song_with_info
-
-#: The reference's mastering: every module on, a loud, bright, wide, limited style.
-REFERENCE_STYLE = P.ChainParams.default().with_values(**{
-    "eq.low_shelf_gain": 3.0, "eq.low_shelf_freq": 110.0, "eq.band1_gain": 2.0, "eq.high_shelf_gain": 5.0,
-    "eq.high_shelf_freq": 8000.0, "distortion.drive": 3.0, "distortion.mix": 0.3,
-    "multiband.mix": 0.6, "multiband.low_comp_threshold": -22.0, "multiband.low_comp_ratio": 3.0,
-    "multiband.mid_comp_threshold": -24.0, "multiband.mid_comp_ratio": 2.5,
-    "multiband.high_comp_threshold": -26.0, "multiband.high_comp_ratio": 2.0,
-    "gain.gain": 9.0, "imager.width": 0.65, "limiter.threshold": -2.0, "limiter.attack": 0.5,
-    "limiter.release": 80.0,
-})
-
-
-def make_demo_pair(seconds: float, seed: int):
-    song, info = synth_song_with_info(seed, seconds)
-    other, other_info = synth_song_with_info(seed + 1000, seconds)
-    params, switches = REFERENCE_STYLE.to_tensors()
-    with torch.no_grad():
-        reference = render_chain(torch.from_numpy(other).unsqueeze(0), params, switches)[0].numpy()
-    return song, info, reference, other_info
+from engine.io.audio import write_audio
+from engine.model.synth import demo_pair
 
 
 def run_demo(out_dir: Path, seconds: float = 20.0, seed: int = 7, ito_steps: int = 100) -> Path:
+    from bridge.cli.report import params_change_table, plot_master
     from engine.mastering.job import MasterSettings, master
+    from engine.model.networks import load_model
     from presets import Preset, PresetStore, fingerprint
 
-    from bridge.cli.report import params_change_table, plot_master
-    from bridge.cli.training import load_model
-
     out_dir.mkdir(parents=True, exist_ok=True)
-    song, info, reference, ref_info = make_demo_pair(seconds, seed)
+    song, info, reference, ref_info = demo_pair(seconds, seed)
     print(f"input:     {info.describe()}")
     print(f"reference: {ref_info.describe()}, mastered loud, bright and wide")
     model = load_model("white-box")

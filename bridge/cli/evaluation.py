@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from engine import params as P
 from engine.errors import RefmasterError
 
 COLUMNS = [("af", "AF", "{:.4f}"), ("d_drv", "ΔDRV dB", "{:.2f}"), ("d_lufs", "ΔLUFS", "{:.2f}"),
@@ -24,8 +25,7 @@ def format_table(result: dict) -> str:
 
 def cmd_eval(args) -> int:
     from engine.mastering.evaluation import SYSTEMS, compare_systems
-
-    from bridge.cli.training import load_model
+    from engine.model.networks import load_model
 
     folder = Path(args.folder)
     if not folder.is_dir():
@@ -62,8 +62,7 @@ def cmd_eval(args) -> int:
 
 def cmd_eval_nudges(args) -> int:
     from engine.mastering.evaluation import evaluate_nudges
-
-    from bridge.cli.training import load_model
+    from engine.model.networks import load_model
 
     folder = Path(args.folder)
     if not folder.is_dir():
@@ -91,10 +90,10 @@ def register(sub) -> dict:
     p.add_argument("--seconds", type=float, default=10.0, help="excerpt length")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--systems", help="comma-separated subset of: input, matchering, ours-noito, ours, ours-blackbox, ito-theta")
-    p.add_argument("--ito-steps", type=int, default=100)
+    p.add_argument("--ito-steps", type=int, default=P.ITO_STEPS)
     p.add_argument("--lr", type=float, help="ITO learning rate on z_ref (default: the master command's)")
     p.add_argument("--drv-weight", type=float, help="weight of the dynamics term (default: the master command's)")
-    p.add_argument("--theta-steps", type=int, default=2000, help="steps of the ITO-on-Θ baseline")
+    p.add_argument("--theta-steps", type=int, default=P.THETA_STEPS, help="steps of the ITO-on-Θ baseline")
     p.add_argument("--weights", help="white-box weights instead of the shipped ones")
     p.add_argument("--blackbox-weights", help="black-box weights instead of the shipped ones")
     p.add_argument("--json", action="store_true")

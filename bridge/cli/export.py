@@ -7,10 +7,11 @@ import json
 import sys
 from pathlib import Path
 
-from engine import params as P
 from bridge.cli.options import DEFAULT_MUSIC, add_presets_option
+from engine import params as P
 from engine.errors import RefmasterError
 from engine.io.atomic import atomic_write_bytes
+from engine.params import SAMPLE_RATE
 
 
 def resolve_chain(source: str, presets_dir=None) -> P.ChainParams:
@@ -27,9 +28,7 @@ def resolve_chain(source: str, presets_dir=None) -> P.ChainParams:
             from presets import Preset
 
             return Preset.from_file(path).chain
-        from bridge.cli.chain import load_chain_params
-
-        return load_chain_params(path)
+        return P.ChainParams.load(path)
     from presets import PresetStore
 
     return PresetStore(presets_dir).get(source).chain
@@ -52,7 +51,7 @@ def cmd_export(args) -> int:
     pb_out = _check_out(args.pedalboard, ".json") if args.pedalboard else None
     if onnx_out:
         from export.onnx_chain import CHAIN_LATENCY, OPSET, STATE_SIZE, build_model
-        from export.streaming import OnnxStreamingChain
+        from export.onnx_stream import OnnxStreamingChain
 
         model = build_model(chain)
         data = model.SerializeToString()
@@ -72,7 +71,7 @@ def cmd_export(args) -> int:
             audio, source = load_audio(args.calibrate_on).audio, Path(args.calibrate_on).name
         else:
             audio, source = synth_song(0, args.calibration_seconds), "synthesised song (seed 0)"
-        print(f"calibrating the pedalboard chain on {source} ({min(audio.shape[1] / 44100, args.calibration_seconds):.0f} s, "
+        print(f"calibrating the pedalboard chain on {source} ({min(audio.shape[1] / SAMPLE_RATE, args.calibration_seconds):.0f} s, "
               f"up to {args.evaluations} renders)...", file=sys.stderr)
         r = calibrate(chain, np.asarray(audio), seconds=args.calibration_seconds, max_evaluations=args.evaluations,
                       source=source)

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from engine import params as P
 from bridge.cli.options import add_presets_option
-from engine.io.audio import SAMPLE_RATE, load_audio, resample, write_audio
+from engine import params as P
 from engine.errors import AudioError, RefmasterError
+from engine.io.audio import SAMPLE_RATE, load_audio, resample, write_audio
 
 #: The shortest input/reference `master` accepts (ITO needs a little material).
 MIN_MASTER_SECONDS = 1.0
@@ -32,8 +32,8 @@ def _fit_length(y: np.ndarray, n: int) -> np.ndarray:
 def _settings(args):
     from engine.mastering.job import MasterSettings
 
-    if args.ito_steps < 0 or args.ito_steps > 5000:
-        raise RefmasterError("--ito-steps must be between 0 and 5000")
+    steps = P.check_steps(args.ito_steps if args.ito_steps is not None else
+                          (P.THETA_STEPS if args.ito_target == "params" else P.ITO_STEPS), "--ito-steps", allow_zero=True)
     if args.lr is not None and not (0 < args.lr <= 1):
         raise RefmasterError("--lr must be in (0, 1]")
     if args.drv_weight is not None and not (0 <= args.drv_weight <= 10):
@@ -41,24 +41,19 @@ def _settings(args):
     d = MasterSettings()
     lr = args.lr if args.lr is not None and args.ito_target == "embedding" else d.lr
     theta_lr = args.lr if args.lr is not None and args.ito_target == "params" else d.theta_lr
-    return MasterSettings(ito=not args.no_ito and args.ito_steps > 0, ito_steps=args.ito_steps, lr=lr,
+    return MasterSettings(ito=not args.no_ito and steps > 0, ito_steps=steps, lr=lr,
                           theta_lr=theta_lr, patience=args.patience, ito_target=args.ito_target,
                           match_loudness=not args.no_loudness_match, match_dynamics=not args.no_dynamics_match,
                           drv_weight=d.drv_weight if args.drv_weight is None else args.drv_weight,
-                          theta_steps=args.ito_steps if args.ito_target == "params" and args.ito_steps != 100 else 2000,
+                          theta_steps=steps if args.ito_target == "params" else P.THETA_STEPS,
                           nudge=args.nudge)
 
 
-def cmd_master(args) -> int:
-    from tqdm import tqdm
-
-    from engine.analysis.features import analyze
-    from engine.mastering.job import master
+def _inputs(args):
+    """Everything checked and loaded before the heavy work: output path, settings, the three
+    tracks, the preset store and an existing preset for this reference."""
     from engine.mastering.nudge import parse_nudges
-    from presets import Preset, PresetStore, fingerprint
-
-    from bridge.cli.report import params_change_table, plot_master
-    from bridge.cli.training import load_model
+    from presets import PresetStore, fingerprint
 
     out = Path(args.output)
     if out.suffix.lower() not in (".wav", ".flac"):
@@ -86,9 +81,14 @@ def cmd_master(args) -> int:
         else:
             print(f"note: preset '{existing.name}' exists for this reference (modified {existing.modified}); "
                   f"--from-preset starts from it, otherwise it is updated with this result", file=sys.stderr)
-    model = load_model(args.model, args.weights)
-    if z_start is not None and z_start.shape[0] != model.cfg.embed_dim:
-        raise RefmasterError(f"preset '{existing.name}' was made with another model (embedding size {z_start.shape[0]})")
+    return out, settings, x, ref, ito_ref, store, fp, existing, z_start
+
+
+def _run(args, model, settings, x, ref, ito_ref, z_start):
+    """The mastering job with a progress bar per phase."""
+    from tqdm import tqdm
+
+    from engine.mastering.job import master
 
     bars = {}
 
@@ -109,13 +109,13 @@ def cmd_master(args) -> int:
     finally:
         for b in bars.values():
             b.close()
-    y = result.output
-    if x.source_rate != SAMPLE_RATE:
-        y = resample(y, SAMPLE_RATE, x.source_rate)
-    y = _fit_length(y, x.source_frames)
-    clipped = write_audio(out, y, x.source_rate)
+    return result
 
-    # preset for the reference
+
+def _save_preset(args, model, settings, result, store, fp, existing):
+    """The result as the preset of this reference (white-box); its path, or None."""
+    from presets import Preset
+
     ito_info = {"settings": {k: v for k, v in settings.as_dict().items() if v is not None and not isinstance(v, (list, dict))},
                 "loss_history": (result.ito.losses if result.ito else []) + (result.nudge.losses if result.nudge else [])}
     preset_path = None
@@ -129,7 +129,25 @@ def cmd_master(args) -> int:
                                 z_ref=result.z_ref.tolist(), ito=ito_info, model_version=version,
                                 notes=f"mastered {Path(args.input).name} towards {Path(args.ref).name}")
         preset_path = store.save(preset)
+    return preset_path
 
+
+def cmd_master(args) -> int:
+    from bridge.cli.report import params_change_table, plot_master
+    from engine.analysis.features import analyze
+    from engine.model.networks import load_model
+
+    out, settings, x, ref, ito_ref, store, fp, existing, z_start = _inputs(args)
+    model = load_model(args.model, args.weights)
+    if z_start is not None and z_start.shape[0] != model.cfg.embed_dim:
+        raise RefmasterError(f"preset '{existing.name}' was made with another model (embedding size {z_start.shape[0]})")
+    result = _run(args, model, settings, x, ref, ito_ref, z_start)
+    y = result.output
+    if x.source_rate != SAMPLE_RATE:
+        y = resample(y, SAMPLE_RATE, x.source_rate)
+    y = _fit_length(y, x.source_frames)
+    clipped = write_audio(out, y, x.source_rate)
+    preset_path = _save_preset(args, model, settings, result, store, fp, existing)
     a_in, a_out, a_ref = analyze(x.audio), analyze(result.output), analyze(ref.audio)
     if args.plot:
         plot_master(args.plot, x.audio, result.output, ref.audio, [a_in, a_out, a_ref])
@@ -194,7 +212,7 @@ def register(sub) -> dict:
     p.add_argument("--model", choices=["white-box", "black-box"], default="white-box")
     p.add_argument("--weights", help="a .safetensors file instead of the shipped weights")
     p.add_argument("--no-ito", action="store_true", help="style transfer only")
-    p.add_argument("--ito-steps", type=int, default=100)
+    p.add_argument("--ito-steps", type=int, help="ITO steps (default: 100 on z_ref, 2000 on Θ; 0: no ITO)")
     p.add_argument("--lr", type=float, help="ITO learning rate (RAdam; default: engine.mastering.job.MasterSettings)")
     p.add_argument("--patience", type=int, default=5, help="stop after this many steps without improvement")
     p.add_argument("--no-loudness-match", action="store_true",
@@ -205,7 +223,7 @@ def register(sub) -> dict:
                    help="weight of the dynamics (DRV) term in the ITO objective; 0 = the paper's plain AF loss")
     p.add_argument("--ito-ref", help="optimise towards this track instead (merging styles)")
     p.add_argument("--ito-target", choices=["embedding", "params"], default="embedding",
-                   help="what ITO optimises: z_ref (default) or Θ directly (the paper's baseline, up to 2000 steps)")
+                   help="what ITO optimises: z_ref (default) or Θ directly (the paper's baseline, 2000 steps by default)")
     p.add_argument("--nudge", help='e.g. "brighter, wider" (see docs; fixed vocabulary)')
     p.add_argument("--plot", metavar="PNG", help="input / master / reference at a glance")
     p.add_argument("--json", action="store_true", help="machine-readable report")

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import sys
 
-from engine import params as P
 from bridge.cli.options import add_presets_option
+from engine import params as P
 
 
 def open_store(args):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Dict, List, Optional, Sequence
 
+from engine.params import SAMPLE_RATE
+
 ANALYSIS_ROWS = [
     ("loudness_lufs", "loudness", "LUFS", "{:.1f}"),
     ("true_peak_dbtp", "true peak", "dBTP", "{:.1f}"),
@@ -102,7 +104,7 @@ def _num(v: float) -> str:
     return f"{v:.0f}" if abs(v) >= 1000 else f"{v:.3g}"
 
 
-def short_term_loudness(audio, sample_rate: int = 44100, window: float = 3.0, hop: float = 1.0):
+def short_term_loudness(audio, sample_rate: int = SAMPLE_RATE, window: float = 3.0, hop: float = 1.0):
     """(times, LUFS) over 3 s windows every second (BS.1770 short-term loudness)."""
     import numpy as np
     import pyloudnorm

@@ -7,11 +7,11 @@ Plays to JACK when a JACK server runs (``--jack auto``, the default), else to a 
 time and source (``--record``, JSON lines). The preset is saved on ``/refmaster/preset/save``
 and, if the engine's state differs from it, on exit (Ctrl-C or SIGTERM), atomically.
 
-ITO hook (for `refmaster master`, issue 4): :func:`ito_handlers` returns the two handlers the
-OSC server calls for ``/refmaster/ito/run`` and ``/refmaster/nudge`` (see
-:class:`bridge.osc.server.ItoRequest` / :class:`~bridge.osc.server.ItoResult`). Until the
-trained model and the engine's ITO exist it returns ``(None, None)`` and the server answers
-those addresses with an error saying so.
+ITO hook: :func:`ito_handlers` returns the two handlers the OSC server calls for
+``/refmaster/ito/run`` and ``/refmaster/nudge`` (see :class:`bridge.osc.server.ItoRequest` /
+:class:`~bridge.osc.server.ItoResult`): the ITO of `refmaster master`, run with the shipped
+white-box model (loaded on first use). A server started without them answers those addresses
+with an error saying so.
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from engine.errors import RefmasterError
-
-from bridge.osc.server import Change
 from bridge.cli.options import add_presets_option
+from bridge.osc.state import Change
+from engine import params as P
+from engine.errors import RefmasterError
+from engine.params import SAMPLE_RATE
 
 
 def ito_handlers(preset, song, reference):
@@ -38,12 +39,11 @@ def ito_handlers(preset, song, reference):
     ITO from the preset's z_ref (or Φ of the reference). Both work on the song being played and
     return the new Θ, z_ref and loss history. The shipped white-box model is loaded on first use.
     """
+    from bridge.osc.server import ItoResult
     from engine.errors import RefmasterError
     from engine.mastering.job import MasterSettings, master
     from engine.mastering.nudge import parse_nudges
-
-    from bridge.osc.server import ItoResult
-    from bridge.cli.training import load_model
+    from engine.model.networks import load_model
 
     cache = {}
 
@@ -73,9 +73,7 @@ def ito_handlers(preset, song, reference):
         z = start(request)
         if request.reference is None:
             raise RefmasterError("ITO needs a reference to optimise towards: start serve with --ref REFERENCE")
-        steps = request.steps if request.steps is not None else 100
-        if not 1 <= steps <= 2000:
-            raise RefmasterError(f"steps must be between 1 and 2000, got {steps}")
+        steps = P.check_steps(request.steps if request.steps is not None else P.ITO_STEPS, "steps")
         res = master(model(), request.song, request.reference, MasterSettings(ito_steps=steps), z_start=z,
                      on_step=lambda phase, step, loss: request.progress(step, loss))
         return result(res, {"steps": steps})
@@ -125,13 +123,13 @@ class ChangeRecorder:
 
 
 def cmd_serve(args) -> int:
+    from bridge.live.engine import LiveEngine, open_backend, prepare_realtime, run_paced
+    from bridge.live.outputs import FileOutput, JackOutput, jack_available
+    from bridge.osc.dialects import Dialect, parse_vars
+    from bridge.osc.server import OscServer
+    from bridge.osc.state import BridgeState
     from engine.io.audio import load_audio
     from presets import Preset, PresetStore
-
-    from bridge.osc.dialects import Dialect, parse_vars
-    from bridge.live.engine import (FileOutput, JackOutput, LiveEngine, jack_available, open_backend, prepare_realtime,
-                       run_paced)
-    from bridge.osc.server import BridgeState, OscServer
 
     if args.block < 16 or args.block > 16384:
         raise RefmasterError(f"--block {args.block}: must be 16…16384 samples")
@@ -164,7 +162,7 @@ def cmd_serve(args) -> int:
         raise
     recorder = ChangeRecorder(state, record)
     stop = threading.Event()
-    max_blocks = None if args.seconds is None else max(1, int(round(args.seconds * 44100 / args.block)))
+    max_blocks = None if args.seconds is None else max(1, int(round(args.seconds * SAMPLE_RATE / args.block)))
 
     def render():
         try:

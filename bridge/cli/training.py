@@ -6,9 +6,8 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from engine.errors import RefmasterError
-
 from bridge.cli.options import DEFAULT_MUSIC as DEFAULT_DATA
+from engine.errors import RefmasterError
 
 
 def _device(name: str) -> str:
@@ -67,15 +66,9 @@ def cmd_ship(args) -> int:
     return 0
 
 
-def load_model(kind: str, weights=None):
-    """The shipped model of ``kind`` (or the weights given), loaded without network access."""
-    from engine.model.networks import MasteringModel, default_weights
-
-    return MasteringModel.load(Path(weights) if weights else default_weights(kind))
-
-
 def cmd_eval_synthetic(args) -> int:
     from engine.mastering.evaluation import eval_real_pairs, eval_synthetic
+    from engine.model.networks import load_model
 
     data = Path(args.data) if args.data else DEFAULT_DATA
     if not data.is_dir():

@@ -1,6 +1,6 @@
 """The live engine behind `refmaster serve`: a song through the streaming chain, block by block.
 
-* :class:`LiveEngine` reads the shared :class:`bridge.osc.server.BridgeState` at the start of every
+* :class:`LiveEngine` reads the shared :class:`bridge.osc.state.BridgeState` at the start of every
   block, so an OSC change is heard from the next block on; it loops the song and offers the
   transport (play, stop, seek) to the OSC server.
 * **Smoothing.** A block in which anything changed is rendered twice from the same chain state,
@@ -10,37 +10,39 @@
   continues from the new parameters' state. For a gain-like parameter
   (make-up gain, wet mixes, width, thresholds) this is exactly a gain ramp across the block; for
   filters and switches it is a click-free crossfade. It needs a backend whose state can be saved
-  and restored (the ONNX chain); with one that cannot (pedalboard), the changed block is played
-  in :data:`SUBSTEPS` parts whose parameters move in equal steps (switches flip at once).
-* **Clocks and sinks.** With a JACK server, :class:`JackOutput` registers two output ports, and
-  JACK's process callback takes the audio from a queue of 3 blocks that a render thread keeps
-  filled (an empty queue when the callback runs is a missed deadline). Without JACK,
-  :func:`run_paced` emulates the same device clock and queue in real time (a block not ready
-  when its turn to play comes is a missed deadline) and hands the blocks to a
-  :class:`FileOutput` (24-bit wav) or :class:`NullOutput`.
+  and restored (``can_snapshot``: the ONNX chain); with one that cannot (pedalboard), the changed
+  block is played in :data:`SUBSTEPS` parts whose parameters move in equal steps (switches flip
+  at once).
+* **Clocks and sinks** (:mod:`bridge.live.outputs`). With a JACK server, :class:`JackOutput`
+  registers two output ports, and JACK's process callback takes the audio from a queue of 3
+  blocks that a render thread keeps filled (an empty queue when the callback runs is a missed
+  deadline). Without JACK, :func:`run_paced` emulates the same device clock and queue in real
+  time (a block not ready when its turn to play comes is a missed deadline) and hands the blocks
+  to a :class:`FileOutput` (24-bit wav) or :class:`NullOutput`.
 * **Figures.** :class:`EngineStats` keeps the time each block took, the missed deadlines, and for
   every applied message the time from its arrival at the socket to the end of rendering of the
   block that first applies it (``latency_ms``) and to the moment that block starts playing
   (``play_latency_ms``, which adds the output queue).
 
-The streaming backends come from :mod:`export` (issue 5); :func:`open_backend` adapts them.
+The chain is a :class:`export.streaming.StreamingChain` from :func:`export.factory.make_chain`
+(:func:`open_backend`); the engine uses nothing but that interface.
 """
 
 from __future__ import annotations
 
-import collections
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import List, Optional, Tuple
 
 import numpy as np
 
 from engine import params as P
-from engine.io.audio import SAMPLE_RATE
 from engine.errors import RefmasterError
+from engine.params import SAMPLE_RATE
+from export.factory import make_chain
+from export.streaming import StreamingChain
 
 DEFAULT_BLOCK = 512
 #: Python's GIL switch interval while a live engine runs (default 5 ms): a render thread that
@@ -80,86 +82,20 @@ class BackendUnavailable(RefmasterError):
 
 # ------------------------------------------------------------------------------ backends
 
-class Backend:
-    """What the engine needs from a streaming chain (adapts :mod:`export`'s classes).
-
-    ``process(block (2, N) float32) -> (2, N) float32``; ``set_params(ChainParams)``;
-    ``latency`` (samples); ``reset()``; ``get_state()`` / ``set_state(s)`` when
-    ``can_snapshot``.
-    """
-
-    name = "backend"
-    can_snapshot = False
-    latency = 0
-
-    def set_params(self, chain: P.ChainParams) -> None:
-        raise NotImplementedError
-
-    def process(self, block: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
-    def reset(self) -> None:
-        raise NotImplementedError
-
-    def get_state(self):
-        raise NotImplementedError
-
-    def set_state(self, state) -> None:
-        raise NotImplementedError
-
-
-class ExportBackend(Backend):
-    """Adapts a :class:`export.streaming.StreamingChain` (``make_chain``) for the live engine.
-
-    State snapshots (for crossfaded changes) use the chain's public ``get_state``/``set_state``
-    when it has them. The ONNX chain carries its whole state as one array that each call
-    replaces (``OnnxStreamingChain._state``, see export/streaming.py), so a snapshot of it is
-    that array; other backends (pedalboard: state inside JUCE plugins) cannot snapshot.
-    """
-
-    def __init__(self, chain):
-        self.chain = chain
-        self.name = chain.backend
-        self.latency = chain.latency
-        self._public = callable(getattr(chain, "get_state", None)) and callable(getattr(chain, "set_state", None))
-        self.can_snapshot = self._public or (chain.backend == "onnx" and hasattr(chain, "_state"))
-
-    def set_params(self, chain: P.ChainParams) -> None:
-        self.chain.set_params(chain)
-
-    def process(self, block: np.ndarray) -> np.ndarray:
-        return self.chain.process(block)
-
-    def reset(self) -> None:
-        self.chain.reset()
-
-    def get_state(self):
-        if self._public:
-            return self.chain.get_state()
-        return self.chain._state
-
-    def set_state(self, state) -> None:
-        if self._public:
-            self.chain.set_state(state)
-        else:
-            self.chain._state = state
-
-
-def open_backend(kind: str, chain: P.ChainParams, onnx_model=None, pedalboard_settings=None) -> Backend:
-    """The streaming chain ``kind`` ("onnx" or "pedalboard") from :mod:`export`, set to ``chain``.
+def open_backend(kind: str, chain: P.ChainParams, onnx_model=None, pedalboard_settings=None) -> StreamingChain:
+    """The streaming chain ``kind`` ("onnx" or "pedalboard") from :func:`export.factory.make_chain`, set to ``chain``.
 
     ``onnx_model``: an exported `.onnx` file (default: the graph built from the schema);
     ``pedalboard_settings``: a calibrated settings file from `refmaster export --pedalboard`.
+    A backend whose runtime (onnxruntime, pedalboard) is not installed is :class:`BackendUnavailable`.
     """
     if kind not in ("onnx", "pedalboard"):
         raise BackendUnavailable(f"unknown backend {kind!r} (onnx or pedalboard)")
     try:
-        from export.streaming import make_chain
+        return make_chain(kind, chain, onnx_model=onnx_model, pedalboard_settings=pedalboard_settings, threads=1)
     except ImportError as e:
-        raise BackendUnavailable(f"the {kind} streaming backend is not available: export/ does not provide "
-                                 f"export.streaming.make_chain ({e})") from None
-    return ExportBackend(make_chain(kind, chain, onnx_model=onnx_model, pedalboard_settings=pedalboard_settings,
-                                    threads=1))
+        raise BackendUnavailable(f"the {kind} streaming backend is not available: a package it needs is not "
+                                 f"installed ({e})") from None
 
 
 # ------------------------------------------------------------------------------ stats
@@ -196,7 +132,7 @@ class EngineStats:
 class LiveEngine:
     """Plays ``song`` (2, T) float32 through ``backend``, reading ``state`` at every block."""
 
-    def __init__(self, song: np.ndarray, backend: Backend, state, block: int = DEFAULT_BLOCK,
+    def __init__(self, song: np.ndarray, backend: StreamingChain, state, block: int = DEFAULT_BLOCK,
                  loop: bool = True, playing: bool = True):
         if block < 16 or block > 16384:
             raise RefmasterError(f"block size {block} is outside 16…16384 samples")
@@ -215,7 +151,7 @@ class LiveEngine:
         # Crossfade ramp for a changed block: 0 until the backend's latency (the first ``latency``
         # output samples left the chain before the change; at most those differ), then linear to 1
         # at the block's last sample. Blocks shorter than twice the latency ramp over their second half.
-        lat = int(getattr(backend, "latency", 0))
+        lat = int(backend.latency)
         start = lat if self.block >= 2 * lat else self.block // 2
         n = np.arange(self.block, dtype=np.float32)
         self.ramp = np.clip((n - start + 1) / (self.block - start), 0.0, 1.0)[None, :].astype(np.float32)
@@ -348,53 +284,17 @@ class LiveEngine:
         self.stats.play_latency_ms.extend((when - a) * 1000.0 for a in arrivals)
 
 
-# ------------------------------------------------------------------------------ outputs and clocks
-
-class NullOutput:
-    """Discards the audio (benchmarks)."""
-
-    description = "no output (discarded)"
-
-    def write(self, block: np.ndarray) -> None:
-        return None
-
-    def close(self) -> None:
-        return None
-
-
-class FileOutput:
-    """Writes the stream to a 24-bit wav as it is played."""
-
-    def __init__(self, path, sample_rate: int = SAMPLE_RATE):
-        import soundfile as sf
-
-        self.path = Path(path)
-        if self.path.suffix.lower() != ".wav":
-            raise RefmasterError(f"{self.path}: live output must be a .wav file")
-        if not self.path.parent.is_dir():
-            raise RefmasterError(f"{self.path}: folder {self.path.parent} does not exist")
-        self._f = sf.SoundFile(str(self.path), "w", samplerate=sample_rate, channels=2, subtype="PCM_24")
-        self.description = f"file {self.path}"
-        self.frames = 0
-
-    def write(self, block: np.ndarray) -> None:
-        self._f.write(np.clip(block, -1.0, 1.0).T)
-        self.frames += block.shape[1]
-
-    def close(self) -> None:
-        if not self._f.closed:
-            self._f.close()
-
+# ------------------------------------------------------------------------------ the render loop
 
 def run_paced(engine: LiveEngine, output, stop: threading.Event, max_blocks: Optional[int] = None,
               queue_blocks: int = 3) -> None:
     """Render in real time for an output without a clock of its own (a file, nothing).
 
     Emulates an audio device that starts playing block n at ``T0 + n·d`` (d = block duration) from
-    a queue of at most ``queue_blocks`` blocks, like :class:`JackOutput`: block n may be rendered
-    from ``T0 + (n − queue_blocks + 1)·d`` and must be ready by ``T0 + n·d``. A block that is
-    late is a missed deadline (the device would have played silence); the clock then carries on
-    from the late block, as a device does after an underrun.
+    a queue of at most ``queue_blocks`` blocks, like :class:`bridge.live.outputs.JackOutput`:
+    block n may be rendered from ``T0 + (n − queue_blocks + 1)·d`` and must be ready by
+    ``T0 + n·d``. A block that is late is a missed deadline (the device would have played
+    silence); the clock then carries on from the late block, as a device does after an underrun.
     """
     if queue_blocks < 2:
         raise RefmasterError("the output queue needs at least 2 blocks (one playing, one being rendered)")
@@ -419,138 +319,3 @@ def run_paced(engine: LiveEngine, output, stop: threading.Event, max_blocks: Opt
         n += 1
         if engine.finished.is_set():
             break
-
-
-class JackOutput:
-    """Two JACK output ports fed from a queue that a render thread keeps ``queue_blocks`` deep."""
-
-    def __init__(self, engine: LiveEngine, server: Optional[str] = None, client_name: str = "refmaster",
-                 connect: Optional[str] = "system:playback", queue_blocks: int = 3):
-        import jack
-
-        messages: List[str] = []
-        jack.set_error_function(messages.append)  # libjack's own lines would repeat what we say below
-        try:
-            self.client = jack.Client(client_name, servername=server, no_start_server=True)
-        except jack.JackOpenError as e:
-            raise RefmasterError(f"no JACK server{f' {server!r}' if server else ''} is running ({e})") from None
-        finally:
-            jack.set_error_function(None)
-        if self.client.samplerate != SAMPLE_RATE:
-            self.client.close()
-            raise RefmasterError(f"JACK runs at {self.client.samplerate} Hz; refmaster plays at {SAMPLE_RATE} Hz "
-                                 f"(start JACK at 44100 Hz, or play to a file)")
-        self.engine = engine
-        self.ports = [self.client.outports.register(f"out_{i}") for i in (1, 2)]
-        cap = max(queue_blocks * engine.block, 2 * self.client.blocksize) + engine.block + self.client.blocksize
-        self._buf = np.zeros((2, cap), np.float32)
-        self._cap = cap
-        self._w = 0  # samples written (total)
-        self._r = 0  # samples read (total)
-        self._target = max(queue_blocks * engine.block, self.client.blocksize + engine.block)
-        self._cond = threading.Condition()
-        self._started = False
-        self._blocks = collections.deque()  # (first sample, arrivals) of rendered, not yet played blocks
-        self.underruns = 0
-        self.xruns = 0
-        self.client.set_process_callback(self._process)
-        self.client.set_xrun_callback(self._xrun)
-        self._connect = connect
-        self.description = f"JACK client '{self.client.name}' ({self.client.blocksize}-sample periods)"
-
-    def _xrun(self, delay_usecs: float) -> None:
-        self.xruns += 1
-
-    def _process(self, frames: int) -> None:
-        outs = [p.get_array() for p in self.ports]
-        with self._cond:
-            avail = self._w - self._r
-            if avail >= frames:
-                i = self._r % self._cap
-                first = min(frames, self._cap - i)
-                for c in range(2):
-                    outs[c][:first] = self._buf[c, i:i + first]
-                    outs[c][first:] = self._buf[c, :frames - first]
-                now = time.perf_counter()
-                while self._blocks and self._blocks[0][0] < self._r + frames:
-                    start, arrivals = self._blocks.popleft()
-                    self.engine.played(arrivals, now + max(0, start - self._r) / SAMPLE_RATE)
-                self._r += frames
-            else:
-                for o in outs:
-                    o.fill(0.0)
-                if self._started:
-                    self.underruns += 1
-                    self.engine.stats.missed_deadlines += 1
-            self._cond.notify()
-
-    def _push(self, y: np.ndarray) -> None:
-        n = y.shape[1]
-        i = self._w % self._cap
-        first = min(n, self._cap - i)
-        self._buf[:, i:i + first] = y[:, :first]
-        self._buf[:, :n - first] = y[:, first:]
-
-    def start(self) -> None:
-        """Activate the client (its ports become connectable) and connect the outputs."""
-        self.client.activate()
-        self._active = True
-        if self._connect:
-            targets = self.client.get_ports(self._connect, is_audio=True, is_input=True)
-            for src, dst in zip(self.ports, targets):
-                self.client.connect(src, dst)
-
-    _active = False
-
-    def run(self, stop: threading.Event, max_blocks: Optional[int] = None) -> None:
-        """Render into the queue until ``stop`` (runs in the calling thread)."""
-        if not self._active:
-            self.start()
-        n = 0
-        while not stop.is_set() and (max_blocks is None or n < max_blocks):
-            with self._cond:
-                while self._w - self._r + self.engine.block > self._target and not stop.is_set():
-                    self._cond.wait(timeout=0.1)
-            if stop.is_set():
-                break
-            y = self.engine.render_block()
-            arrivals = self.engine.take_arrivals()
-            with self._cond:
-                self._blocks.append((self._w, arrivals))
-                self._push(y)
-                self._w += y.shape[1]
-                if self._w - self._r + self.engine.block > self._target:
-                    self._started = True  # primed: from now on an empty queue is a missed deadline
-            n += 1
-            if self.engine.finished.is_set():
-                break
-        # let the queue drain before the client goes (an empty queue is now the end, not a miss)
-        deadline = time.monotonic() + 1.0
-        with self._cond:
-            self._started = False
-            while self._w > self._r and time.monotonic() < deadline:
-                self._cond.wait(timeout=0.05)
-
-    def close(self) -> None:
-        if self._active:
-            self.client.deactivate()
-            self._active = False
-        self.client.close()
-
-
-def jack_available(server: Optional[str] = None) -> bool:
-    """True when a JACK server (``server`` or the default) is running and JACK-Client is installed."""
-    try:
-        import jack
-    except (ImportError, OSError):
-        return False
-    messages: List[str] = []
-    jack.set_error_function(messages.append)  # "cannot connect to server" is the expected answer
-    try:
-        c = jack.Client("refmaster-probe", servername=server, no_start_server=True)
-    except jack.JackOpenError:
-        return False
-    finally:
-        jack.set_error_function(None)
-    c.close()
-    return True

@@ -1,475 +1,47 @@
 """The OSC server: parameter sync between the engine, any number of controllers and the presets.
 
-Three parts, python-osc style:
-
-* :class:`UdpTransport` receives datagrams on a UDP port and sends replies from it; it knows
-  nothing of addresses or handlers (it hands each datagram, its sender and its arrival time to
-  one callback).
-* :class:`OscDispatcher` maps addresses to handlers (exact addresses, and OSC address patterns
-  such as ``/refmaster/param/eq/*_gain`` matched against them).
-* :class:`OscServer` parses packets (python-osc), applies the refmaster semantics and owns the
-  shared :class:`BridgeState` (Θ in real units + switches) that the live engine reads at the
-  start of every block.
+:class:`OscServer` receives packets through a :class:`~bridge.osc.transport.UdpTransport`,
+checks them (:mod:`bridge.osc.wire`) and parses them (python-osc), finds their handlers with an
+:class:`~bridge.osc.dispatcher.OscDispatcher`, applies the refmaster semantics and owns the
+shared :class:`~bridge.osc.state.BridgeState` (Θ in real units + switches) that the live engine
+reads at the start of every block. Subscriptions, dumps and pushes: :mod:`bridge.osc.subscriptions`.
 
 Semantics (docs/bridge.md): changes apply in arrival order, last writer wins; a value out of
 range is clamped and answered with ``/refmaster/warning``; an unknown address, a wrong type or
 count of arguments, NaN/inf, a malformed or truncated packet or a bundle nested deeper than
-:data:`MAX_BUNDLE_DEPTH` changes nothing and is answered with ``/refmaster/error <address>
-<reason>``. Replies go to the sender and to every subscriber (``oscsend``-style senders cannot
-receive). Every change, whoever made it (a controller, ITO, a preset load), is pushed to every
-subscriber; pushes are coalesced per address (each subscriber always ends with the latest value).
-A new subscriber first gets a full dump. Bundle time tags are not honoured: bundles apply on
-arrival.
+:data:`~bridge.osc.wire.MAX_BUNDLE_DEPTH` changes nothing and is answered with
+``/refmaster/error <address> <reason>``. Replies go to the sender and to every subscriber
+(``oscsend``-style senders cannot receive). Every change, whoever made it (a controller, ITO, a
+preset load), is pushed to every subscriber; pushes are coalesced per address (each subscriber
+always ends with the latest value). A new subscriber first gets a full dump. Bundle time tags are
+not honoured: bundles apply on arrival.
 
 ITO and nudges are not done here: the server calls an injected :data:`ItoHandler` in a worker
-thread with an :class:`ItoRequest` and applies the :class:`ItoResult` it returns. Without one,
-``/refmaster/ito/run`` and ``/refmaster/nudge`` answer with an error saying so.
+thread with an :class:`ItoRequest` and applies the :class:`ItoResult` it returns
+(``refmaster serve`` injects :func:`bridge.cli.serve.ito_handlers`). A server started without
+one answers ``/refmaster/ito/run`` and ``/refmaster/nudge`` with an error saying so.
 """
 
 from __future__ import annotations
 
 import math
-import re
-import socket
-import struct
 import sys
 import threading
-import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Protocol, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
-from pythonosc.osc_message_builder import OscMessageBuilder
 from pythonosc.osc_packet import OscPacket, ParseError
 
-from engine import params as P
-from engine.errors import ParamError, RefmasterError
-
 from bridge.osc import space as A
-
-MAX_BUNDLE_DEPTH = 8
-MAX_SUBSCRIBERS = 32
-#: Pushes to subscribers are coalesced over at most this long.
-PUSH_INTERVAL_S = 0.02
-
-Address = Tuple[str, int]
-
-
-class OscReplyError(Exception):
-    """Raised by a handler: the message is refused and answered with ``/refmaster/error``."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
-
-
-# ------------------------------------------------------------------------------ encoding
-
-def encode_message(address: str, args: Sequence = ()) -> bytes:
-    """One OSC message; Python floats go as 32-bit floats, ints as int32, str as strings."""
-    b = OscMessageBuilder(address)
-    for a in args:
-        if isinstance(a, bool):
-            b.add_arg(a)
-        elif isinstance(a, (int, np.integer)):
-            b.add_arg(int(a), "i")
-        elif isinstance(a, (float, np.floating)):
-            b.add_arg(float(a), "f")
-        else:
-            b.add_arg(str(a), "s")
-    return b.build().dgram
-
-
-_BUNDLE = b"#bundle\x00"
-
-
-#: Argument sizes of the OSC types python-osc decodes (strings and blobs are handled apart).
-_FIXED_SIZE = {"i": 4, "f": 4, "r": 4, "m": 4, "d": 8, "h": 8, "t": 8, "T": 0, "F": 0, "N": 0, "[": 0, "]": 0}
-
-
-def _padded_string_end(data: bytes, pos: int, end: int) -> Optional[int]:
-    nul = data.find(b"\x00", pos, end)
-    if nul < 0:
-        return None
-    stop = nul + 4 - (nul % 4) if nul % 4 else nul + 4
-    return stop if stop <= end else None
-
-
-def check_message(data: bytes, start: int = 0, end: Optional[int] = None) -> Optional[str]:
-    """A reason why the message ``data[start:end]`` is malformed, or None.
-
-    Checks that the address and type tags are NUL-terminated and padded and that the
-    arguments fill the message exactly: a truncated message is refused rather than
-    completed with zeros (which python-osc does for floats, to suit Reaktor).
-    """
-    end = len(data) if end is None else end
-    pos = _padded_string_end(data, start, end)
-    if pos is None:
-        return "address is not NUL-terminated and padded (truncated?)"
-    if pos == end:
-        return None  # no type tag string: an (old-style) message without arguments
-    if data[pos:pos + 1] != b",":
-        return "type tag string missing (must start with ',')"
-    tags_end = _padded_string_end(data, pos, end)
-    if tags_end is None:
-        return "type tag string is not NUL-terminated and padded (truncated?)"
-    tags = data[pos + 1:data.find(b"\x00", pos, end)].decode("ascii", "replace")
-    pos = tags_end
-    for t in tags:
-        if t in _FIXED_SIZE:
-            pos += _FIXED_SIZE[t]
-        elif t == "s":
-            nxt = _padded_string_end(data, pos, end)
-            if nxt is None:
-                return "a string argument is not NUL-terminated (truncated?)"
-            pos = nxt
-        elif t == "b":
-            if pos + 4 > end:
-                return "a blob argument is truncated"
-            (n,) = struct.unpack(">i", data[pos:pos + 4])
-            if n < 0:
-                return "a blob argument has a negative size"
-            pos += 4 + n + (-n % 4)
-        else:
-            return f"unsupported type tag {t!r}"
-        if pos > end:
-            return f"the arguments ({tags}) need more bytes than the message has (truncated?)"
-    if pos != end:
-        return f"{end - pos} bytes after the last argument ({tags})"
-    return None
-
-
-def check_packet(data: bytes, max_depth: int = MAX_BUNDLE_DEPTH) -> Optional[str]:
-    """A reason to refuse ``data`` before parsing it, or None.
-
-    Walks bundles iteratively (a deeply nested bundle cannot exhaust the stack), checks that
-    every element is a message or a bundle, in bounds and 4-byte aligned, and that every
-    message's arguments fill it exactly (:func:`check_message`).
-    """
-    if not data:
-        return "empty packet"
-    if len(data) % 4:
-        return f"packet of {len(data)} bytes is not a multiple of 4 (truncated?)"
-    if not data.startswith(_BUNDLE):
-        if data[:1] != b"/":
-            return "not an OSC message or bundle (must start with '/' or '#bundle')"
-        return check_message(data)
-    stack = [(0, len(data), 1)]
-    while stack:
-        start, end, depth = stack.pop()
-        if depth > max_depth:
-            return f"bundles nested deeper than {max_depth} levels"
-        if end - start < 16:
-            return "truncated bundle header"
-        pos = start + 16
-        while pos < end:
-            if pos + 4 > end:
-                return "truncated bundle element size"
-            (size,) = struct.unpack(">i", data[pos:pos + 4])
-            pos += 4
-            if size <= 0 or size % 4 or pos + size > end:
-                return f"bundle element of size {size} does not fit the packet (truncated?)"
-            head = data[pos:pos + 8]
-            if head == _BUNDLE:
-                stack.append((pos, pos + size, depth + 1))
-            elif head[:1] != b"/":
-                return "bundle element is neither a message nor a bundle"
-            else:
-                problem = check_message(data, pos, pos + size)
-                if problem:
-                    return problem
-            pos += size
-    return None
-
-
-def printable(text: str, limit: int = 200) -> str:
-    """``text`` with control characters escaped and cut to ``limit`` characters (for replies)."""
-    out = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text[:limit])
-    return out + ("…" if len(text) > limit else "")
-
-
-def _guess_address(data: bytes) -> str:
-    if data[:1] == b"/":
-        end = data.find(b"\x00")
-        raw = data[: end if end >= 0 else 64][:128]
-        return printable(raw.decode("utf-8", "replace"))
-    return "?"
-
-
-# ------------------------------------------------------------------------------ transport
-
-class UdpTransport:
-    """A UDP socket with a receive thread. ``on_packet(data, sender, arrival_perf_counter)``."""
-
-    def __init__(self, on_packet: Callable[[bytes, Address, float], None], host: str = "127.0.0.1",
-                 port: int = 0, receive_buffer: int = 8 << 20):
-        self._on_packet = on_packet
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        try:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
-        except OSError as e:  # a limit of the OS: keep its default, say so
-            print(f"warning: could not enlarge the UDP receive buffer ({e})", file=sys.stderr)
-        try:
-            self.sock.bind((host, port))
-        except OSError as e:
-            self.sock.close()
-            raise RefmasterError(f"cannot listen for OSC on {host}:{port} ({e.strerror or e})") from None
-        self.sock.settimeout(0.1)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="osc-receive", daemon=True)
-        self.packets = 0
-        self.send_failures = 0
-
-    @property
-    def address(self) -> Address:
-        return self.sock.getsockname()
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data, sender = self.sock.recvfrom(65536)
-            except socket.timeout:
-                continue
-            except OSError:
-                if self._stop.is_set():
-                    return
-                raise
-            self.packets += 1
-            self._on_packet(data, sender, time.perf_counter())
-
-    def send(self, data: bytes, to: Address) -> None:
-        try:
-            self.sock.sendto(data, to)
-        except OSError:
-            # a subscriber that went away (ICMP port unreachable) or a full send buffer: UDP
-            # delivery is best effort; the state itself is unaffected.
-            self.send_failures += 1
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=2.0)
-        self.sock.close()
-
-
-# ------------------------------------------------------------------------------ dispatcher
-
-Handler = Callable[[str, list, Address, float], None]
-
-
-def _osc_pattern_to_regex(pattern: str) -> "re.Pattern":
-    out, i = ["^"], 0
-    while i < len(pattern):
-        c = pattern[i]
-        if c == "*":
-            out.append("[^/]*")
-        elif c == "?":
-            out.append("[^/]")
-        elif c == "[":
-            j = pattern.find("]", i)
-            if j < 0:
-                raise OscReplyError("unclosed '[' in address pattern")
-            body = pattern[i + 1:j]
-            neg = body.startswith("!")
-            body = body[1:] if neg else body
-            out.append("[" + ("^" if neg else "") + re.sub(r"([\\\]\^])", r"\\\1", body) + "]")
-            i = j
-        elif c == "{":
-            j = pattern.find("}", i)
-            if j < 0:
-                raise OscReplyError("unclosed '{' in address pattern")
-            out.append("(?:" + "|".join(re.escape(x) for x in pattern[i + 1:j].split(",")) + ")")
-            i = j
-        else:
-            out.append(re.escape(c))
-        i += 1
-    out.append("$")
-    try:
-        return re.compile("".join(out))
-    except re.error as e:
-        raise OscReplyError(f"invalid address pattern ({e})") from None
-
-
-class OscDispatcher:
-    """Address -> handler map. Exact addresses are looked up directly; an address containing
-    OSC pattern characters (``*?[]{}``) is matched against every mapped address."""
-
-    PATTERN_CHARS = set("*?[]{}")
-
-    def __init__(self):
-        self._map: Dict[str, Handler] = {}
-        self._patterns: Dict[str, List[str]] = {}
-
-    def map(self, address: str, handler: Handler) -> None:
-        self._map[address] = handler
-        self._patterns.clear()
-
-    def addresses(self) -> List[str]:
-        return list(self._map)
-
-    def handlers_for(self, address: str) -> List[Tuple[str, Handler]]:
-        h = self._map.get(address)
-        if h is not None:
-            return [(address, h)]
-        if not (self.PATTERN_CHARS & set(address)):
-            return []
-        hits = self._patterns.get(address)
-        if hits is None:
-            rx = _osc_pattern_to_regex(address)
-            hits = [a for a in self._map if rx.match(a)]
-            if len(self._patterns) > 256:
-                self._patterns.clear()
-            self._patterns[address] = hits
-        return [(a, self._map[a]) for a in hits]
-
-
-# ------------------------------------------------------------------------------ state
-
-class Change(NamedTuple):
-    """One applied change, for the record: when, what, to what, from whom.
-
-    :attr:`BridgeState.changes` stores these fields as plain tuples (``Change(*c)`` reads one):
-    the garbage collector untracks a plain tuple of numbers and strings but keeps tracking
-    NamedTuple instances, and full collections over the 100,000 records of the load benchmark
-    took 26 ms, holding the GIL away from the render thread.
-    """
-
-    t: float          # seconds since the state was created (perf_counter based)
-    wall: float       # time.time()
-    key: str          # "module.name" or "switch.<module>"
-    value: float
-    source: str
-
-
-class BridgeState:
-    """Θ (real units) + switches, shared by the OSC server, the engine and ITO. Thread-safe.
-
-    Every applied change is appended to :attr:`changes` (:class:`Change` fields) and
-    reported to the listeners as a list of keys. The engine calls :meth:`take_for_block` at the
-    start of every block: it gets the current parameters if anything changed, plus the arrival
-    times of the messages applied since the previous block (for latency figures).
-    """
-
-    def __init__(self, chain: Optional[P.ChainParams] = None, record: bool = True):
-        chain = chain or P.ChainParams.default()
-        self._lock = threading.Lock()
-        self._values: Dict[str, float] = dict(chain.values)
-        self._switches: Dict[str, bool] = dict(chain.switches)
-        self._dirty_engine = True
-        self._arrivals: List[float] = []
-        self._listeners: List[Callable[[List[str]], None]] = []
-        self.version = 0
-        self.t0 = time.perf_counter()
-        self.record = record
-        self.changes: List[tuple] = []  # Change fields as plain tuples (see Change)
-
-    def add_listener(self, fn: Callable[[List[str]], None]) -> None:
-        self._listeners.append(fn)
-
-    def _notify(self, keys: List[str]) -> None:
-        for fn in self._listeners:
-            fn(keys)
-
-    def _log(self, key: str, value: float, source: str, t: float) -> None:
-        if self.record:
-            self.changes.append((t - self.t0, time.time(), key, value, source))
-
-    def set_value(self, key: str, value: float, source: str = "", arrival: Optional[float] = None) -> Tuple[float, bool]:
-        """Set one parameter (clamped to its range). Returns (applied value, was clamped)."""
-        spec = P.spec(key)
-        v = float(value)
-        if not math.isfinite(v):
-            raise ParamError(key, f"value is {v} (must be a finite number)")
-        applied = spec.clamp(v)
-        t = arrival if arrival is not None else time.perf_counter()
-        with self._lock:
-            self._values[key] = applied
-            self._dirty_engine = True
-            self._arrivals.append(t)
-            self.version += 1
-            self._log(key, applied, source, t)
-        self._notify([key])
-        return applied, applied != v
-
-    def set_switch(self, module: str, on: bool, source: str = "", arrival: Optional[float] = None) -> None:
-        if module not in P.MODULES:
-            raise ParamError(f"switch.{module}", f"unknown module (one of {', '.join(P.MODULES)})")
-        t = arrival if arrival is not None else time.perf_counter()
-        with self._lock:
-            self._switches[module] = bool(on)
-            self._dirty_engine = True
-            self._arrivals.append(t)
-            self.version += 1
-            self._log(f"switch.{module}", 1.0 if on else 0.0, source, t)
-        self._notify([f"switch.{module}"])
-
-    def load(self, chain: P.ChainParams, source: str = "") -> List[str]:
-        """Replace everything (a preset load, an ITO result). Returns the keys that changed."""
-        t = time.perf_counter()
-        changed: List[str] = []
-        with self._lock:
-            for k, v in chain.values.items():
-                if self._values[k] != v:
-                    self._values[k] = v
-                    changed.append(k)
-                    self._log(k, v, source, t)
-            for m, on in chain.switches.items():
-                if self._switches[m] != on:
-                    self._switches[m] = on
-                    changed.append(f"switch.{m}")
-                    self._log(f"switch.{m}", 1.0 if on else 0.0, source, t)
-            if changed:
-                self._dirty_engine = True
-                self._arrivals.append(t)
-                self.version += 1
-        if changed:
-            self._notify(changed)
-        return changed
-
-    def settle(self, before: P.ChainParams, after: P.ChainParams, source: str = "") -> List[str]:
-        """Set ``after``'s values where the state still holds ``before``'s (others changed meanwhile)."""
-        t = time.perf_counter()
-        changed: List[str] = []
-        with self._lock:
-            for k, v in after.values.items():
-                if self._values[k] == before.values[k] and v != self._values[k]:
-                    self._values[k] = v
-                    changed.append(k)
-                    self._log(k, v, source, t)
-            if changed:
-                self._dirty_engine = True
-                self.version += 1
-        if changed:
-            self._notify(changed)
-        return changed
-
-    def snapshot(self) -> P.ChainParams:
-        with self._lock:
-            values, switches = dict(self._values), dict(self._switches)
-        return P.ChainParams(values, switches)
-
-    def value(self, key: str) -> float:
-        with self._lock:
-            return self._values[key]
-
-    def switch(self, module: str) -> bool:
-        with self._lock:
-            return self._switches[module]
-
-    def take_for_block(self) -> Tuple[Optional[P.ChainParams], List[float]]:
-        """(parameters if anything changed since the last call else None, arrival times applied)."""
-        with self._lock:
-            if not self._dirty_engine:
-                return None, []
-            values, switches = dict(self._values), dict(self._switches)
-            arrivals, self._arrivals = self._arrivals, []
-            self._dirty_engine = False
-        return P.ChainParams(values, switches), arrivals
-
+from bridge.osc.dispatcher import Handler, OscDispatcher, OscReplyError
+from bridge.osc.state import BridgeState
+from bridge.osc.subscriptions import Subscriber, Subscriptions
+from bridge.osc.transport import Address, UdpTransport
+from bridge.osc.wire import _guess_address, _osc_type_name, check_packet, encode_message, printable
+from engine import params as P
+from engine.errors import RefmasterError
 
 # ------------------------------------------------------------------------------ hooks
 
@@ -501,8 +73,9 @@ class ItoResult:
 #: ``RefmasterError`` for a problem the user should see (sent as /refmaster/error).
 ItoHandler = Callable[[ItoRequest], ItoResult]
 
-ITO_UNAVAILABLE = ("inference-time optimisation is not available: no trained model and ITO are wired "
-                   "into this server yet (refmaster master / issue 4)")
+#: The error for /refmaster/ito/run and /refmaster/nudge on a server started without a handler.
+ITO_UNAVAILABLE = ("inference-time optimisation is not available: this server was started without an ITO "
+                   "handler (no model to optimise with; `refmaster serve` provides one)")
 
 
 class Transport(Protocol):
@@ -517,12 +90,6 @@ class Transport(Protocol):
 # ------------------------------------------------------------------------------ the server
 
 @dataclass
-class Subscriber:
-    address: Address
-    form: str  # "both", "param", "norm" or a dialect name
-
-
-@dataclass
 class ServerStats:
     packets: int = 0
     messages: int = 0
@@ -532,13 +99,14 @@ class ServerStats:
     pushed: int = 0
 
 
-class OscServer:
+class OscServer(Subscriptions):
     """The refmaster OSC endpoint. Use as a context manager or call :meth:`start` / :meth:`close`.
 
     ``store``: a :class:`presets.PresetStore` for /refmaster/preset/*; ``preset``: the preset
     being played (its metadata is kept when saving); ``ito_handler`` / ``nudge_handler``: see
     :data:`ItoHandler`; ``transport``: the live engine; ``dialects``: :class:`bridge.osc.dialects.Dialect`
     objects whose DAW addresses are accepted too and which subscribers may ask for as their form.
+    Subscriptions, dumps and pushes: :class:`~bridge.osc.subscriptions.Subscriptions`.
     """
 
     def __init__(self, state: Optional[BridgeState] = None, host: str = "127.0.0.1", port: int = 0,
@@ -597,7 +165,7 @@ class OscServer:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    # -- address map (generated from engine.params via osc_space)
+    # -- address map (generated from engine.params via bridge.osc.space)
     def _map_addresses(self) -> None:
         d = self.dispatcher
         for addr, spec in A.PARAM_ADDRESSES.items():
@@ -841,10 +409,10 @@ class OscServer:
         if len(args) > 1:
             raise OscReplyError("expected no argument or one integer: the number of steps")
         if args:
-            v = args[0]
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not float(v).is_integer() or not 1 <= v <= 10000:
-                raise OscReplyError(f"steps must be a whole number 1…10000, got {v!r}")
-            steps = int(v)
+            try:
+                steps = P.check_steps(args[0], "steps")
+            except RefmasterError as e:
+                raise OscReplyError(str(e)) from None
         self._start_ito(address, sender, "run", self.ito_handler, steps, None)
 
     def _on_nudge(self, address, args, sender, arrival) -> None:
@@ -875,154 +443,3 @@ class OscServer:
             raise OscReplyError(f"position {s:g} s is negative")
         self._need_transport().seek(s)
         self._mark_dirty([A.TRANSPORT_STATE])
-
-    @staticmethod
-    def _host_port(args: list, what: str) -> Address:
-        if len(args) < 2 or not isinstance(args[0], str) or isinstance(args[1], bool) \
-                or not isinstance(args[1], (int, float)) or not float(args[1]).is_integer():
-            raise OscReplyError(f"{what}: expected host (string) and port (integer)")
-        port = int(args[1])
-        if not 1 <= port <= 65535:
-            raise OscReplyError(f"{what}: port {port} is outside 1…65535")
-        try:
-            info = socket.getaddrinfo(args[0], port, socket.AF_INET, socket.SOCK_DGRAM)
-        except (socket.gaierror, UnicodeError) as e:
-            raise OscReplyError(f"{what}: cannot resolve host {args[0]!r} ({e})") from None
-        return info[0][4][0], port
-
-    def _check_form(self, form: str) -> str:
-        if form in ("both", "param", "norm") or form in self.dialects:
-            return form
-        raise OscReplyError(f"unknown form {form!r} (both, param, norm" +
-                            "".join(f", {d}" for d in self.dialects) + ")")
-
-    def _on_dump(self, address, args, sender, arrival) -> None:
-        to, form = sender, "both"
-        if args:
-            to = self._host_port(args, "dump")
-            if len(args) > 3:
-                raise OscReplyError("expected [host, port, [form]]")
-            if len(args) == 3:
-                if not isinstance(args[2], str):
-                    raise OscReplyError("form must be a string")
-                form = self._check_form(args[2])
-        with self._push_lock:
-            self._dump_requests.append((to, form))
-        self._push_wake.set()
-
-    def _on_subscribe(self, address, args, sender, arrival) -> None:
-        if len(args) not in (2, 3):
-            raise OscReplyError("expected host (string), port (integer) and optionally a form")
-        to = self._host_port(args, "subscribe")
-        form = "both"
-        if len(args) == 3:
-            if not isinstance(args[2], str):
-                raise OscReplyError("form must be a string")
-            form = self._check_form(args[2])
-        with self._sub_lock:
-            if to not in self._subscribers and len(self._subscribers) >= MAX_SUBSCRIBERS:
-                raise OscReplyError(f"too many subscribers (at most {MAX_SUBSCRIBERS})")
-            self._subscribers[to] = Subscriber(to, form)
-        with self._push_lock:
-            self._dump_requests.append((to, form))
-        self._push_wake.set()
-
-    def _on_unsubscribe(self, address, args, sender, arrival) -> None:
-        to = self._host_port(args, "unsubscribe")
-        with self._sub_lock:
-            if self._subscribers.pop(to, None) is None:
-                raise OscReplyError(f"{to[0]}:{to[1]} is not subscribed")
-        self.reply_ok(sender, address, f"unsubscribed {to[0]}:{to[1]}")
-
-    def subscribers(self) -> List[Subscriber]:
-        with self._sub_lock:
-            return list(self._subscribers.values())
-
-    # -- feedback
-    def _on_state_change(self, keys: List[str]) -> None:
-        self._mark_dirty(keys)
-
-    def _mark_dirty(self, keys: Iterable[str]) -> None:
-        with self._push_lock:
-            for k in keys:
-                self._dirty[k] = None
-        if not self._push_wake.is_set():
-            self._push_wake.set()
-
-    def messages_for(self, keys: Iterable[str], form: str, chain: P.ChainParams) -> List[bytes]:
-        """Encoded feedback messages for ``keys`` in a subscriber's ``form``."""
-        out: List[bytes] = []
-        dialect = self.dialects.get(form)
-        for k in keys:
-            if k == A.PRESET_CURRENT:
-                out.append(encode_message(A.PRESET_CURRENT, [self.preset.name if self.preset else ""]))
-            elif k == A.TRANSPORT_STATE:
-                if self.transport is not None:
-                    playing, pos = self.transport.position()
-                    out.append(encode_message(A.TRANSPORT_STATE, [int(playing), float(pos)]))
-            elif k.startswith("switch."):
-                m = k[7:]
-                on = chain.switches[m]
-                if dialect is not None:
-                    out.extend(encode_message(a, [v]) for a, v in dialect.outgoing_switch(m, on))
-                else:
-                    out.append(encode_message(A.switch_address(m), [int(on)]))
-            else:
-                spec = P.spec(k)
-                v = chain.values[k]
-                if dialect is not None:
-                    out.extend(encode_message(a, [x]) for a, x in dialect.outgoing_param(spec, v))
-                    continue
-                if form in ("both", "param"):
-                    out.append(encode_message(A.param_address(spec), [v]))
-                if form in ("both", "norm"):
-                    out.append(encode_message(A.norm_address(spec), [spec.to_normalized(v)]))
-        return out
-
-    def all_keys(self) -> List[str]:
-        keys = list(P.PARAM_KEYS) + [f"switch.{m}" for m in P.MODULES] + [A.PRESET_CURRENT]
-        if self.transport is not None:
-            keys.append(A.TRANSPORT_STATE)
-        return keys
-
-    def _push_loop(self) -> None:
-        while True:
-            self._push_wake.wait(timeout=0.5)
-            if self._closing:
-                return
-            if not self._push_wake.is_set():
-                continue
-            time.sleep(PUSH_INTERVAL_S)  # coalesce a burst of changes
-            self._push_wake.clear()
-            with self._push_lock:
-                keys, self._dirty = list(self._dirty), {}
-                dumps, self._dump_requests = self._dump_requests, []
-            chain = self.state.snapshot()
-            for to, form in dumps:
-                msgs = self.messages_for(self.all_keys(), form, chain)
-                for m in msgs:
-                    self.udp.send(m, to)
-                self.udp.send(encode_message(A.DUMP_DONE, [len(msgs)]), to)
-                self.stats.pushed += len(msgs) + 1
-            if keys:
-                by_form: Dict[str, List[bytes]] = {}
-                for sub in self.subscribers():
-                    if sub.form not in by_form:
-                        by_form[sub.form] = self.messages_for(keys, sub.form, chain)
-                    for m in by_form[sub.form]:
-                        self.udp.send(m, sub.address)
-                    self.stats.pushed += len(by_form[sub.form])
-
-
-def _osc_type_name(v) -> str:
-    if isinstance(v, str):
-        return "string"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (bytes, bytearray)):
-        return "blob"
-    if v is None:
-        return "nil"
-    if isinstance(v, (int, float)):
-        return "number"
-    return type(v).__name__

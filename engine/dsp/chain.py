@@ -21,20 +21,13 @@ import torch
 
 from engine import params as P
 from engine.dsp.dynamics import DYNAMICS_LATENCY, compressor_expander_gain, limiter_gain
-from engine.errors import ChainError
 from engine.dsp.filters import design_biquad, sosfilt, three_band_split
-from engine.params import SAMPLE_RATE
+from engine.errors import ChainError
+from engine.params import EQ_BANDS, MB_BANDS, SAMPLE_RATE
 
 #: Streaming latency of the whole chain: the lookahead of the compressor and of the limiter.
 CHAIN_LATENCY = 2 * DYNAMICS_LATENCY
 
-_EQ_BANDS = (("low_shelf", "low_shelf"), ("band0", "peaking"), ("band1", "peaking"),
-             ("band2", "peaking"), ("band3", "peaking"), ("high_shelf", "high_shelf"))
-_MB_BANDS = ("low", "mid", "high")
-#: The EQ's sections in order, ``(parameter prefix, filter kind)`` (public for the exporters).
-EQ_BANDS = _EQ_BANDS
-#: The multiband compressor's bands in order (public for the exporters).
-MB_BANDS = _MB_BANDS
 
 
 def _col(params: torch.Tensor, key: str) -> torch.Tensor:
@@ -46,7 +39,7 @@ def _col(params: torch.Tensor, key: str) -> torch.Tensor:
 def eq_sections(params: torch.Tensor, sample_rate: float = SAMPLE_RATE) -> torch.Tensor:
     """The six EQ biquads for ``params`` ``(B, 46)`` -> ``(B, 6, 6)`` sections."""
     secs = [design_biquad(_col(params, f"eq.{b}_gain"), _col(params, f"eq.{b}_freq"),
-                          _col(params, f"eq.{b}_q"), kind, sample_rate) for b, kind in _EQ_BANDS]
+                          _col(params, f"eq.{b}_q"), kind, sample_rate) for b, kind in EQ_BANDS]
     return torch.stack(secs, dim=1)
 
 
@@ -76,7 +69,7 @@ def multiband_dynamics(x: torch.Tensor, params: torch.Tensor, sample_rate: float
     params = params.expand(B, -1)  # shared Θ (1, 46): the dynamics run per item
 
     def per_band(name: str) -> torch.Tensor:  # (B*3,) in band order
-        return torch.stack([_col(params, f"multiband.{b}_{name}") for b in _MB_BANDS], 1).reshape(-1)
+        return torch.stack([_col(params, f"multiband.{b}_{name}") for b in MB_BANDS], 1).reshape(-1)
 
     gain = compressor_expander_gain(
         bands.reshape(B * 3, C, T), per_band("comp_threshold"), per_band("comp_ratio"),
@@ -126,6 +119,15 @@ def _run_module(name: str, x: torch.Tensor, sample_rate: float, params: torch.Te
 
 
 # ------------------------------------------------------------------------------ the chain
+
+def render_offline(audio, chain: "P.ChainParams"):
+    """Render ``(2, T)`` float32 numpy audio through the chain with ``chain``'s Θ and switches
+    (no gradients); the reference the streaming backends are measured against."""
+    params, switches = chain.to_tensors()
+    with torch.no_grad():
+        y = render_chain(torch.from_numpy(audio).unsqueeze(0), params, switches)
+    return y[0].numpy()
+
 
 def render_chain(audio: torch.Tensor, params: torch.Tensor, switches: Optional[torch.Tensor] = None,
                  sample_rate: float = SAMPLE_RATE, check_params: bool = True) -> torch.Tensor:

@@ -52,6 +52,10 @@ POWER_FLOOR = 1e-10
 PEAK_FLOOR = 1e-10
 #: An expander ratio of 0 is a gate; its slope is capped at 1 - 1/0.01 = -99 dB per dB.
 EXP_RATIO_FLOOR = 0.01
+#: The constant inside torchcomp's ``ms2coef(ms, sr) = 1 - exp(-TORCHCOMP_MS_SCALE / ms / sr)``
+#: (a 10-90 % rise time in ms), named for the code that reproduces :func:`time_coef` outside
+#: Torch (export/: the ONNX graph, the pedalboard chain's JUCE time constants).
+TORCHCOMP_MS_SCALE = 2200.0
 
 
 def num_frames(num_samples: int) -> int:

@@ -15,22 +15,30 @@ from __future__ import annotations
 
 import itertools
 import math
+import tempfile
+import time as _time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
+import soundfile as sf
 import torch
+from tqdm import tqdm
 
 from engine import params as P
-from engine.io.audio import SAMPLE_RATE, load_audio
-from engine.model.dataset import HELD_OUT, MIN_SEGMENT_DBFS, list_songs, load_songs
-from engine.analysis.features import af_distance
-from engine.model.fxnorm import fx_normalize, load_stats
+from engine.analysis.features import (af_distance, audio_features, bark_spectrum, drv_db, integrated_loudness,
+                                      stereo_width)
 from engine.analysis.losses import MultiScaleSpectralLoss
-from engine.model.manipulation import random_manipulation
 from engine.dsp.chain import render_chain
+from engine.errors import UsageError
+from engine.io.audio import SAMPLE_RATE, load_audio
 from engine.mastering.ito import release_memory
+from engine.mastering.job import MasterSettings, master
+from engine.mastering.nudge import NUDGE_CHECKS
+from engine.model.dataset import HELD_OUT, MIN_SEGMENT_DBFS, list_songs, load_songs
+from engine.model.fxnorm import fx_normalize, load_stats
+from engine.model.manipulation import random_manipulation
 from engine.model.networks import MasteringModel
 
 
@@ -41,8 +49,6 @@ def _loud_enough(x: np.ndarray) -> bool:
 @torch.no_grad()
 def eval_synthetic(model: MasteringModel, data_dir: Path, examples: int = 50, seed: int = 2024,
                    seg_seconds: float = 5.0, ref_seconds: float = 10.0, progress: bool = True) -> dict:
-    from tqdm import tqdm
-
     stats = load_stats()
     files = list_songs(data_dir, names=HELD_OUT)
     if not files:
@@ -142,8 +148,6 @@ def style_transfer(model: MasteringModel, x: np.ndarray, reference: np.ndarray, 
 
 def eval_real_pairs(model: MasteringModel, data_dir: Path, count: int = 12, seconds: float = 10.0, seed: int = 0,
                     progress: bool = True) -> dict:
-    from tqdm import tqdm
-
     stats = load_stats()
     rows = []
     for pr in tqdm(real_pairs(data_dir, count, seconds, seed), desc=f"real pairs {model.kind}", disable=not progress):
@@ -164,7 +168,6 @@ SYSTEMS = ("input", "matchering", "ours-noito", "ours", "ours-blackbox", "ito-th
 
 def bark_distance_db(y: np.ndarray, ref: np.ndarray) -> float:
     """RMS difference (dB) of the 24-band bark spectra of mid and side, absolute levels."""
-    from engine.analysis.features import bark_spectrum
 
     with torch.no_grad():
         a = bark_spectrum(torch.from_numpy(np.asarray(y, np.float64)).unsqueeze(0))[0]
@@ -174,7 +177,6 @@ def bark_distance_db(y: np.ndarray, ref: np.ndarray) -> float:
 
 def score(y: np.ndarray, ref: np.ndarray) -> Dict[str, float]:
     """The evaluation measures of an output against its reference (lower is better)."""
-    from engine.analysis.features import drv_db, integrated_loudness, stereo_width
 
     width = lambda s: float(stereo_width(torch.from_numpy(np.asarray(s, np.float64)).unsqueeze(0)))
     return {
@@ -188,9 +190,7 @@ def score(y: np.ndarray, ref: np.ndarray) -> Dict[str, float]:
 
 def matchering_master(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
     """Master with matchering (optional dependency), through temporary files."""
-    import tempfile
 
-    import soundfile as sf
 
     try:
         import matchering as mg
@@ -207,11 +207,10 @@ def matchering_master(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
 
 
 def run_system(name: str, x: np.ndarray, ref: np.ndarray, models: Dict[str, MasteringModel],
-               ito_steps: int = 100, theta_steps: int = 2000, ito_lr: Optional[float] = None,
+               ito_steps: int = P.ITO_STEPS, theta_steps: int = P.THETA_STEPS, ito_lr: Optional[float] = None,
                drv_weight: Optional[float] = None) -> np.ndarray:
     """One system's master of ``x`` towards ``ref``; ``ito_lr`` / ``drv_weight`` override the
     master command's defaults (the learning rate only for ITO on z_ref)."""
-    from engine.mastering.job import MasterSettings, master
 
     common = {} if drv_weight is None else {"drv_weight": drv_weight}
     on_z = dict(common, **({} if ito_lr is None else {"lr": ito_lr}))
@@ -227,16 +226,14 @@ def run_system(name: str, x: np.ndarray, ref: np.ndarray, models: Dict[str, Mast
         return master(models["black-box"], x, ref, MasterSettings(ito_steps=ito_steps, **on_z)).output
     if name == "ito-theta":
         return master(models["white-box"], x, ref, MasterSettings(ito_target="params", theta_steps=theta_steps, **common)).output
-    raise ValueError(f"unknown system {name!r} (one of {', '.join(SYSTEMS)})")
+    raise UsageError(f"unknown system {name!r} (one of {', '.join(SYSTEMS)})")
 
 
 def compare_systems(data_dir: Path, systems: Sequence[str], models: Dict[str, MasteringModel], pairs: int = 12,
-                    seconds: float = 10.0, seed: int = 0, ito_steps: int = 100, theta_steps: int = 2000,
+                    seconds: float = 10.0, seed: int = 0, ito_steps: int = P.ITO_STEPS, theta_steps: int = P.THETA_STEPS,
                     ito_lr: Optional[float] = None, drv_weight: Optional[float] = None, progress: bool = True) -> dict:
     """Run ``systems`` on seeded pairs of different songs; per-pair scores and per-system medians."""
-    import time as _time
 
-    from tqdm import tqdm
 
     rows = []
     todo = real_pairs(data_dir, pairs, seconds, seed)
@@ -274,11 +271,7 @@ def evaluate_nudges(model: MasteringModel, data_dir: Path, songs: int = 5, secon
     song without ITO, then once more with each nudge word; :data:`engine.mastering.nudge.NUDGE_CHECKS`
     says how far the master moved the way the word asks (> 0: the right way).
     """
-    from tqdm import tqdm
 
-    from engine.analysis.features import audio_features
-    from engine.mastering.job import MasterSettings, master
-    from engine.mastering.nudge import NUDGE_CHECKS
 
     words = list(words or NUDGE_CHECKS)
     files = list_songs(data_dir)[:songs]

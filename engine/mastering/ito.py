@@ -25,12 +25,15 @@ import numpy as np
 import torch
 
 from engine import params as P
-from engine.dsp.chain import SAMPLE_RATE, render_chain
 from engine.analysis.features import AudioFeatureLoss, audio_features, drv_db, drv_torch, onset_table
+from engine.dsp.chain import SAMPLE_RATE, render_chain
+from engine.errors import OptimisationError
 from engine.model.frontend import spectral_features
 from engine.model.networks import MasteringModel
 
 Objective = Callable[[torch.Tensor], torch.Tensor]  # (B, 2, T) audio -> scalar loss
+
+ITO_STEPS, THETA_STEPS = P.ITO_STEPS, P.THETA_STEPS
 
 
 def _glibc_malloc_trim():
@@ -196,7 +199,8 @@ def _descend(variable: torch.Tensor, evaluate: Callable[[torch.Tensor], Tuple[to
         loss, theta = evaluate(variable)
         value = float(loss.detach())
         if not math.isfinite(value):
-            raise ArithmeticError(f"{what}: objective became {value} at step {step}")
+            raise OptimisationError(f"{what}: the objective became {value} at step {step}; "
+                                    "the input or reference cannot be optimised towards (silent or extreme?)")
         losses.append(value)
         if step == 0 and theta is not None:
             first_theta = theta.detach().clone()
@@ -220,7 +224,7 @@ def _descend(variable: torch.Tensor, evaluate: Callable[[torch.Tensor], Tuple[to
 
 
 def optimize_embedding(model: MasteringModel, x: torch.Tensor, z0: torch.Tensor, objective: Objective,
-                       steps: int = 100, lr: float = 1e-2, patience: int = 5,
+                       steps: int = ITO_STEPS, lr: float = 1e-2, patience: int = 5,
                        on_step: Optional[Callable[[int, float], None]] = None,
                        theta_offset: Optional[torch.Tensor] = None) -> ITOResult:
     """ITO on z_ref with Ψ frozen. ``x``: (K, 2, n) excerpts (or the whole track as K = 1).
@@ -251,7 +255,7 @@ def optimize_embedding(model: MasteringModel, x: torch.Tensor, z0: torch.Tensor,
     return ITOResult(best_z, best_theta, losses, best_step, step, time.time() - t0, first_theta)
 
 
-def optimize_params(x: torch.Tensor, theta0: torch.Tensor, objective: Objective, steps: int = 2000,
+def optimize_params(x: torch.Tensor, theta0: torch.Tensor, objective: Objective, steps: int = THETA_STEPS,
                     lr: float = 2e-2, patience: int = 50,
                     on_step: Optional[Callable[[int, float], None]] = None) -> ITOResult:
     """The paper's baseline: ITO directly on Θ (46 normalised parameters through a logit)."""

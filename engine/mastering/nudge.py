@@ -8,7 +8,6 @@ objective (``engine.mastering.ito.Objective``); no CLAP model can be downloaded 
 fixed.
 
 Vocabulary (dB changes apply to the bark spectrum of mid and side):
-
 =============  ==========================================================
 brighter       +3 dB above 3 kHz (ramping in from 1.5 kHz)
 darker         −3 dB above 3 kHz
@@ -32,8 +31,8 @@ from typing import Callable, Dict, List
 
 import torch
 
+from engine.analysis.features import AudioFeatureLoss, audio_features, bark_band_centres
 from engine.errors import RefmasterError
-from engine.analysis.features import audio_features, bark_band_centres
 from engine.mastering.ito import join_excerpts
 
 _LN_DB = math.log(10.0) / 20.0  # dB -> natural-log magnitude
@@ -124,7 +123,6 @@ def nudge_targets(current: torch.Tensor, words: List[str]) -> Dict[str, torch.Te
 
 def nudge_objective(current: torch.Tensor, words: List[str]):
     """An ITO objective pulling the output's features to :func:`nudge_targets`."""
-    from engine.analysis.features import AudioFeatureLoss
 
     targets = nudge_targets(current, words)
     loss = AudioFeatureLoss(NUDGE_WEIGHTS)

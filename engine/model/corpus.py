@@ -11,7 +11,6 @@ a song is decided by a hash of its id alone, so it does not depend on the order 
 in or on the machine.
 
 Layout of ``out``::
-
     debs/<package>_<version>.deb      what apt-get downloaded (kept: a rebuild reuses them)
     audio/<package>/<file>            the audio files
     licences/<package>.copyright      the package's Debian copyright file
@@ -39,6 +38,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 import numpy as np
 import soundfile as sf
 
+from engine.analysis.features import integrated_loudness
 from engine.errors import RefmasterError
 
 #: The packages of the corpus, exactly these (SPEC.md, "Models"; the corpus issue).
@@ -153,8 +153,6 @@ def apt_download(package: str, folder: Path) -> Path:
 
 
 def _file_entry(path: Path, rel: str, package: str, licence: str, min_seconds: float) -> Optional[CorpusFile]:
-    from engine.analysis.features import integrated_loudness
-
     try:
         info = sf.info(str(path))
         data = sf.read(str(path), dtype="float32", always_2d=True)[0]

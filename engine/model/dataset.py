@@ -25,10 +25,11 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
-from engine.io.audio import READ_EXTENSIONS, SAMPLE_RATE, load_audio
-from engine.dsp.chain import render_chain
 from engine.analysis.features import integrated_loudness
+from engine.dsp.chain import render_chain
+from engine.io.audio import READ_EXTENSIONS, SAMPLE_RATE, load_audio
 from engine.model.fxnorm import fx_normalize, load_stats
 from engine.model.manipulation import random_manipulation
 from engine.model.synth import synth_song
@@ -65,7 +66,6 @@ def load_songs(files: Sequence[Path], stats: dict, max_seconds: Optional[float] 
                progress: bool = False) -> List[Song]:
     """Decode and f_norm ``files``; with ``max_seconds``, keep one seeded excerpt of each (the
     same excerpt for a file and seed, whatever the order of the files)."""
-    from tqdm import tqdm
 
     songs = []
     for f in tqdm(files, desc="loading songs", unit="song", disable=not progress or len(files) < 8):

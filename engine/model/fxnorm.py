@@ -28,8 +28,8 @@ import numpy as np
 from scipy.fft import irfft, next_fast_len, rfft
 from scipy.signal import welch
 
-from engine.errors import RefmasterError
 from engine.analysis.features import integrated_loudness
+from engine.errors import RefmasterError
 from engine.params import SAMPLE_RATE
 
 STATS_PATH = Path(__file__).resolve().parents[1] / "data" / "fxnorm_stats.json"  # engine/data

@@ -29,11 +29,11 @@ PROBABILITIES: Dict[str, float] = {"eq": 0.9, "distortion": 0.3, "multiband": 0.
 
 def _ranges() -> Dict[str, Tuple[float, float]]:
     r: Dict[str, Tuple[float, float]] = {}
-    for b in ("low_shelf", "band0", "band1", "band2", "band3", "high_shelf"):
+    for b, _ in P.EQ_BANDS:
         r[f"eq.{b}_gain"] = (-10.0, 10.0)
         r[f"eq.{b}_q"] = (0.5, 5.0)
     r["distortion.drive"] = (0.0, 4.0)
-    for b in ("low", "mid", "high"):
+    for b in P.MB_BANDS:
         r[f"multiband.{b}_comp_threshold"] = (-30.0, -5.0)
         r[f"multiband.{b}_comp_ratio"] = (1.5, 6.0)
         r[f"multiband.{b}_exp_threshold"] = (-60.0, -30.0)

@@ -1,7 +1,6 @@
 """The networks: reference encoder Φ, white-box converter Ψ, black-box converter.
 
 ITO-Master's shape, scaled for a CPU (SPEC.md, "Models"; sizes in :class:`ModelConfig`):
-
 * :class:`ReferenceEncoder` (Φ): stereo audio of any length -> z_ref (2048-d). The spectral
   front end (:mod:`engine.model.frontend`), a stack of dilated residual 1-D convolutions over time,
   mean+std pooling over time (variable length), a linear map to the embedding.
@@ -31,9 +30,12 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
 
 from engine import params as P
 from engine.dsp.chain import render_chain
+from engine.errors import RefmasterError
 from engine.io.atomic import atomic_path
 from engine.model.frontend import FEATURES, spectral_features
 
@@ -45,6 +47,11 @@ WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"  # engine/weights
 def default_weights(kind: str) -> Path:
     """Path of the shipped weights for ``kind`` ("white-box" or "black-box")."""
     return WEIGHTS_DIR / f"{kind}.safetensors"
+
+
+def load_model(kind: str, weights=None) -> "MasteringModel":
+    """The shipped model of ``kind`` (or the weights file given), loaded without network access."""
+    return MasteringModel.load(Path(weights) if weights else default_weights(kind))
 
 
 @dataclass
@@ -208,7 +215,6 @@ class MasteringModel(nn.Module):
     def save(self, path: Path, meta: Optional[dict] = None, dtype: torch.dtype = torch.float32) -> None:
         """Weights + config + ``meta`` as one safetensors file. ``dtype=torch.float16`` halves the
         file (the shipped weights: both models must fit in 40 MB); :meth:`load` always returns float32."""
-        from safetensors.torch import save_file
 
         path = Path(path)
         tensors = {k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous()
@@ -219,11 +225,6 @@ class MasteringModel(nn.Module):
 
     @classmethod
     def load(cls, path: Path, device="cpu") -> "MasteringModel":
-        from safetensors import SafetensorError, safe_open
-        from safetensors.torch import load_file
-
-        from engine.errors import RefmasterError
-
         path = Path(path)
         if not path.exists():
             raise RefmasterError(f"{path}: model weights not found")

@@ -19,6 +19,8 @@ from typing import List, Tuple
 import numpy as np
 from scipy.signal import butter, fftconvolve, sosfilt
 
+from engine import params as _P
+from engine.dsp.chain import render_offline
 from engine.params import SAMPLE_RATE
 
 TABLE = 2048
@@ -306,3 +308,24 @@ def synth_song_with_info(seed: int, seconds: float = 20.0) -> Tuple[np.ndarray, 
 
 def synth_corpus(seeds: List[int], seconds: float = 20.0) -> List[np.ndarray]:
     return [synth_song(s, seconds) for s in seeds]
+
+
+#: The reference's mastering: every module on, a loud, bright, wide, limited style.
+REFERENCE_STYLE = _P.ChainParams.default().with_values(**{
+    "eq.low_shelf_gain": 3.0, "eq.low_shelf_freq": 110.0, "eq.band1_gain": 2.0, "eq.high_shelf_gain": 5.0,
+    "eq.high_shelf_freq": 8000.0, "distortion.drive": 3.0, "distortion.mix": 0.3,
+    "multiband.mix": 0.6, "multiband.low_comp_threshold": -22.0, "multiband.low_comp_ratio": 3.0,
+    "multiband.mid_comp_threshold": -24.0, "multiband.mid_comp_ratio": 2.5,
+    "multiband.high_comp_threshold": -26.0, "multiband.high_comp_ratio": 2.0,
+    "gain.gain": 9.0, "imager.width": 0.65, "limiter.threshold": -2.0, "limiter.attack": 0.5,
+    "limiter.release": 80.0,
+})
+
+
+def demo_pair(seconds: float, seed: int):
+    """The demo's pair: a synthesised song, and a different one mastered in :data:`REFERENCE_STYLE`;
+    returns ``(song, its info, reference, the reference song's info)``."""
+    song, info = synth_song_with_info(seed, seconds)
+    other, other_info = synth_song_with_info(seed + 1000, seconds)
+    reference = render_offline(other, REFERENCE_STYLE)
+    return song, info, reference, other_info

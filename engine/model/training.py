@@ -22,11 +22,14 @@ from typing import Dict, Optional
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from engine.analysis.losses import MultiScaleSpectralLoss
+from engine.errors import UsageError
+from engine.io.atomic import atomic_path
+from engine.model.corpus import split_files
 from engine.model.dataset import CORPUS_EXCERPT_SECONDS, HELD_OUT, ExampleSource, list_songs, load_songs, synth_entry
 from engine.model.fxnorm import load_stats
-from engine.analysis.losses import MultiScaleSpectralLoss
-from engine.io.atomic import atomic_path
 from engine.model.networks import MasteringModel, ModelConfig
 
 
@@ -87,8 +90,6 @@ def validation_set(data_dir: Optional[Path], cfg: TrainConfig, stats: dict, devi
     corpus, else the held-out songs of ``data_dir`` (or held-out synthesised songs)."""
     rng = np.random.default_rng(12345)
     if corpus is not None:
-        from engine.model.corpus import split_files
-
         songs = load_songs(split_files(corpus, "validation"), stats, max_seconds=CORPUS_EXCERPT_SECONDS, seed=12345)
     elif data_dir is not None and list_songs(data_dir, names=HELD_OUT):
         songs = load_songs(list_songs(data_dir, names=HELD_OUT), stats)
@@ -160,7 +161,6 @@ def train(cfg: TrainConfig, out_dir: Path, data_dir: Optional[Path], device: str
     (those of the corpus train split, from `refmaster fxnorm-stats --corpus`); they are copied into
     the run folder, since a model must be used with the statistics it was trained with.
     """
-    from tqdm import tqdm
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -172,8 +172,6 @@ def train(cfg: TrainConfig, out_dir: Path, data_dir: Optional[Path], device: str
     loss_fn = MultiScaleSpectralLoss()
     real = load_songs(list_songs(data_dir, exclude=HELD_OUT), stats) if data_dir is not None else []
     if corpus is not None:
-        from engine.model.corpus import split_files
-
         real += load_songs(split_files(corpus, "train"), stats, max_seconds=CORPUS_EXCERPT_SECONDS, seed=cfg.seed,
                            progress=progress)
     ckpt_path = out_dir / "checkpoint.pt"
@@ -184,7 +182,7 @@ def train(cfg: TrainConfig, out_dir: Path, data_dir: Optional[Path], device: str
         if ck["train_config"] != asdict(cfg):
             changed = {k for k in asdict(cfg) if asdict(cfg)[k] != ck["train_config"].get(k)} - {"steps"}
             if changed:
-                raise ValueError(f"checkpoint in {out_dir} was made with a different configuration ({', '.join(sorted(changed))}); "
+                raise UsageError(f"checkpoint in {out_dir} was made with a different configuration ({', '.join(sorted(changed))}); "
                                  "use --fresh or another --out")
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])

@@ -1,0 +1,157 @@
+"""The OSC wire format: encoding messages, checking packets before they are parsed, and the text
+helpers replies use. Pure functions on bytes and values; no sockets, no state."""
+
+from __future__ import annotations
+
+import struct
+from typing import Optional, Sequence
+
+import numpy as np
+from pythonosc.osc_message_builder import OscMessageBuilder
+
+MAX_BUNDLE_DEPTH = 8
+
+
+def encode_message(address: str, args: Sequence = ()) -> bytes:
+    """One OSC message; Python floats go as 32-bit floats, ints as int32, str as strings."""
+    b = OscMessageBuilder(address)
+    for a in args:
+        if isinstance(a, bool):
+            b.add_arg(a)
+        elif isinstance(a, (int, np.integer)):
+            b.add_arg(int(a), "i")
+        elif isinstance(a, (float, np.floating)):
+            b.add_arg(float(a), "f")
+        else:
+            b.add_arg(str(a), "s")
+    return b.build().dgram
+
+
+_BUNDLE = b"#bundle\x00"
+
+
+#: Argument sizes of the OSC types python-osc decodes (strings and blobs are handled apart).
+_FIXED_SIZE = {"i": 4, "f": 4, "r": 4, "m": 4, "d": 8, "h": 8, "t": 8, "T": 0, "F": 0, "N": 0, "[": 0, "]": 0}
+
+
+def _padded_string_end(data: bytes, pos: int, end: int) -> Optional[int]:
+    nul = data.find(b"\x00", pos, end)
+    if nul < 0:
+        return None
+    stop = nul + 4 - (nul % 4) if nul % 4 else nul + 4
+    return stop if stop <= end else None
+
+
+def check_message(data: bytes, start: int = 0, end: Optional[int] = None) -> Optional[str]:
+    """A reason why the message ``data[start:end]`` is malformed, or None.
+
+    Checks that the address and type tags are NUL-terminated and padded and that the
+    arguments fill the message exactly: a truncated message is refused rather than
+    completed with zeros (which python-osc does for floats, to suit Reaktor).
+    """
+    end = len(data) if end is None else end
+    pos = _padded_string_end(data, start, end)
+    if pos is None:
+        return "address is not NUL-terminated and padded (truncated?)"
+    if pos == end:
+        return None  # no type tag string: an (old-style) message without arguments
+    if data[pos:pos + 1] != b",":
+        return "type tag string missing (must start with ',')"
+    tags_end = _padded_string_end(data, pos, end)
+    if tags_end is None:
+        return "type tag string is not NUL-terminated and padded (truncated?)"
+    tags = data[pos + 1:data.find(b"\x00", pos, end)].decode("ascii", "replace")
+    pos = tags_end
+    for t in tags:
+        if t in _FIXED_SIZE:
+            pos += _FIXED_SIZE[t]
+        elif t == "s":
+            nxt = _padded_string_end(data, pos, end)
+            if nxt is None:
+                return "a string argument is not NUL-terminated (truncated?)"
+            pos = nxt
+        elif t == "b":
+            if pos + 4 > end:
+                return "a blob argument is truncated"
+            (n,) = struct.unpack(">i", data[pos:pos + 4])
+            if n < 0:
+                return "a blob argument has a negative size"
+            pos += 4 + n + (-n % 4)
+        else:
+            return f"unsupported type tag {t!r}"
+        if pos > end:
+            return f"the arguments ({tags}) need more bytes than the message has (truncated?)"
+    if pos != end:
+        return f"{end - pos} bytes after the last argument ({tags})"
+    return None
+
+
+def check_packet(data: bytes, max_depth: int = MAX_BUNDLE_DEPTH) -> Optional[str]:
+    """A reason to refuse ``data`` before parsing it, or None.
+
+    Walks bundles iteratively (a deeply nested bundle cannot exhaust the stack), checks that
+    every element is a message or a bundle, in bounds and 4-byte aligned, and that every
+    message's arguments fill it exactly (:func:`check_message`).
+    """
+    if not data:
+        return "empty packet"
+    if len(data) % 4:
+        return f"packet of {len(data)} bytes is not a multiple of 4 (truncated?)"
+    if not data.startswith(_BUNDLE):
+        if data[:1] != b"/":
+            return "not an OSC message or bundle (must start with '/' or '#bundle')"
+        return check_message(data)
+    stack = [(0, len(data), 1)]
+    while stack:
+        start, end, depth = stack.pop()
+        if depth > max_depth:
+            return f"bundles nested deeper than {max_depth} levels"
+        if end - start < 16:
+            return "truncated bundle header"
+        pos = start + 16
+        while pos < end:
+            if pos + 4 > end:
+                return "truncated bundle element size"
+            (size,) = struct.unpack(">i", data[pos:pos + 4])
+            pos += 4
+            if size <= 0 or size % 4 or pos + size > end:
+                return f"bundle element of size {size} does not fit the packet (truncated?)"
+            head = data[pos:pos + 8]
+            if head == _BUNDLE:
+                stack.append((pos, pos + size, depth + 1))
+            elif head[:1] != b"/":
+                return "bundle element is neither a message nor a bundle"
+            else:
+                problem = check_message(data, pos, pos + size)
+                if problem:
+                    return problem
+            pos += size
+    return None
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """``text`` with control characters escaped and cut to ``limit`` characters (for replies)."""
+    out = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text[:limit])
+    return out + ("…" if len(text) > limit else "")
+
+
+def _guess_address(data: bytes) -> str:
+    if data[:1] == b"/":
+        end = data.find(b"\x00")
+        raw = data[: end if end >= 0 else 64][:128]
+        return printable(raw.decode("utf-8", "replace"))
+    return "?"
+
+
+def _osc_type_name(v) -> str:
+    if isinstance(v, str):
+        return "string"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (bytes, bytearray)):
+        return "blob"
+    if v is None:
+        return "nil"
+    if isinstance(v, (int, float)):
+        return "number"
+    return type(v).__name__
