@@ -275,3 +275,13 @@ def test_fxnorm_stats_of_a_folder_and_f_norm_with_them(capsys, songs3, tmp_path)
     y = fx_normalize(x, ours)
     assert lufs(y) == pytest.approx(stats["loudness_lufs"], abs=0.1)
     assert side_mid(y) == pytest.approx(stats["side_mid_ratio"], rel=0.02)
+
+
+def test_eval_synthetic_on_too_short_held_out_songs_is_one_line(tmp_path, capsys):
+    from engine.model.dataset import HELD_OUT
+
+    for i, name in enumerate(HELD_OUT):
+        sf.write(tmp_path / name, synth_song(70 + i, 6.0).T, 44100, format="OGG", subtype="VORBIS")
+    code = main(["eval-synthetic", "--model", "white-box", "--data", str(tmp_path), "--examples", "2", "--pairs", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "shorter than the 10 s" in err[0]

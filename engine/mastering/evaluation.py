@@ -58,6 +58,10 @@ def eval_synthetic(model: MasteringModel, data_dir: Path, examples: int = 50, se
     gen = torch.Generator().manual_seed(seed)
     loss_fn = MultiScaleSpectralLoss()
     a_len, b_len = int(seg_seconds * SAMPLE_RATE), int(ref_seconds * SAMPLE_RATE)
+    short = [s.name for s in songs if s.raw.shape[1] <= max(a_len, b_len)]
+    if short:
+        raise UsageError(f"held-out songs shorter than the {max(seg_seconds, ref_seconds):g} s an example needs: "
+                         f"{', '.join(short)}")
     rows = []
     model.eval()
     for i in tqdm(range(examples), desc=f"eval-synthetic {model.kind}", disable=not progress):
