@@ -34,7 +34,7 @@ MUTATIONS = [
              "--weights FILE is ignored: the shipped weights master"),
     # 4. eval: pairing, scores, medians
     Mutation("paths-eval-pairs-same-song", "real_pairs",
-             "itertools.permutations(sorted(audio), 2)", "itertools.product(sorted(audio), repeat=2)",
+             "itertools.permutations(sorted(audio), 2) if song.get(a, a) != song.get(b, b)]", "itertools.product(sorted(audio), repeat=2)]",
              (f"{EVAL}::test_real_pairs_are_different_songs_taken_from_those_songs_and_seeded",),
              "eval pairs a song with itself"),
     Mutation("paths-eval-pairs-unseeded", "real_pairs",

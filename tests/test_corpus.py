@@ -112,3 +112,35 @@ def test_bad_out_and_unreachable_package_are_one_line(tmp_path, capsys, monkeypa
     err = [l for l in out.err.splitlines() if l.startswith("refmaster:")]
     assert code == 2 and len(err) == 1
     assert "downloading wesnoth-1.16-music failed: E: Unable to locate package" in err[0]
+
+
+def test_eval_on_the_corpus_test_split(tmp_path, debs, capsys):
+    """`refmaster eval --corpus`: pairs of different songs (a song's loop is the same song) from the
+    test split only, and the count of pairs each system made worse than the untouched input."""
+    corpus = tmp_path / "c"
+    m = build_corpus(corpus, packages=("tiny-music-a", "tiny-music-b"), debs=debs, min_seconds=2.0)
+    song = {Path(f["file"]).name: f["song"] for f in m["files"]}
+    test_files = {Path(f["file"]).name for f in m["files"] if f["split"] == "test"}
+    code = main(["eval", "--corpus", str(corpus), "--systems", "input,ours-noito", "--pairs", "6", "--seconds", "2",
+                 "--json"])
+    out = capsys.readouterr().out
+    assert code == 0
+    r = json.loads(out)
+    assert r["pairs"] == 6 and "test split" in r["source"]
+    rows = r["rows"]
+    for row in rows:
+        assert {row["input"], row["reference"]} <= test_files
+        assert song[row["input"]] != song[row["reference"]]
+    base = {(x["input"], x["reference"]): x for x in rows if x["system"] == "input"}
+    ours = [x for x in rows if x["system"] == "ours-noito"]
+    for k in ("af", "d_lufs", "bark_db", "d_width"):
+        assert r["summary"]["input"]["worse_than_input"][k] == 0
+        assert r["summary"]["ours-noito"]["worse_than_input"][k] == sum(
+            x[k] > base[(x["input"], x["reference"])][k] for x in ours)
+    # asking for every pair gives each ordered pair of different songs once, and none of a song with its loop
+    code = main(["eval", "--corpus", str(corpus), "--systems", "input", "--pairs", "1000", "--seconds", "2", "--json"])
+    every = json.loads(capsys.readouterr().out)
+    want = sum(song[a] != song[b] for a in test_files for b in test_files if a != b)
+    assert code == 0 and every["pairs"] == want and len(test_files) > len({song[f] for f in test_files})
+    code = main(["eval", "--corpus", str(corpus), "--systems", "input", "--pairs", "2", "--seconds", "2"])
+    assert code == 0 and "pairs worse than the untouched input" in capsys.readouterr().out

@@ -14,10 +14,15 @@ COLUMNS = [("af", "AF", "{:.4f}"), ("d_drv", "ΔDRV dB", "{:.2f}"), ("d_lufs", "
 
 def format_table(result: dict) -> str:
     head = f"{'system':<15}" + "".join(f"{label:>10}" for _, label, _ in COLUMNS)
-    lines = [f"median over {result['pairs']} pairs of different songs ({result['seconds_per_excerpt']:g} s excerpts, "
-             f"seed {result['seed']}); output vs reference, lower is better", head]
+    lines = [f"{result.get('source', '')}: median over {result['pairs']} pairs of different songs "
+             f"({result['seconds_per_excerpt']:g} s excerpts, seed {result['seed']}); output vs reference, lower is better",
+             head]
     for name, s in result["summary"].items():
         lines.append(f"{name:<15}" + "".join(f"{fmt.format(s[k]):>10}" for k, _, fmt in COLUMNS))
+    lines.append(f"pairs worse than the untouched input ({result['pairs']} pairs):")
+    for name, s in result["summary"].items():
+        if name != "input":
+            lines.append(f"{name:<15}" + "".join(f"{s['worse_than_input'][k]:>10}" for k, _, _ in COLUMNS[:-1]))
     if "ito_improves_af_fraction" in result:
         lines.append(f"ITO improves AF over ours-noito on {100 * result['ito_improves_af_fraction']:.0f}% of pairs")
     return "\n".join(lines)
@@ -27,9 +32,13 @@ def cmd_eval(args) -> int:
     from engine.mastering.evaluation import SYSTEMS, compare_systems
     from engine.model.networks import load_model
 
-    folder = Path(args.folder)
-    if not folder.is_dir():
+    if (args.folder is None) == (args.corpus is None):
+        raise RefmasterError("give a FOLDER of songs or --corpus DIR (its test split), not both")
+    folder = Path(args.folder) if args.folder else None
+    if folder is not None and not folder.is_dir():
         raise RefmasterError(f"{folder}: not a folder")
+    pairs = args.pairs if args.pairs is not None else (24 if args.corpus else 12)
+    seconds = args.seconds if args.seconds is not None else (30.0 if args.corpus else 10.0)
     systems = [s.strip() for s in args.systems.split(",")] if args.systems else list(SYSTEMS)
     unknown = [s for s in systems if s not in SYSTEMS]
     if unknown:
@@ -48,9 +57,9 @@ def cmd_eval(args) -> int:
     if "ours-blackbox" in systems:
         models["black-box"] = load_model("black-box", args.blackbox_weights)
     try:
-        result = compare_systems(folder, systems, models, pairs=args.pairs, seconds=args.seconds, seed=args.seed,
+        result = compare_systems(folder, systems, models, pairs=pairs, seconds=seconds, seed=args.seed,
                                  ito_steps=args.ito_steps, theta_steps=args.theta_steps, ito_lr=args.lr,
-                                 drv_weight=args.drv_weight)
+                                 drv_weight=args.drv_weight, corpus=Path(args.corpus) if args.corpus else None)
     except FileNotFoundError as e:
         raise RefmasterError(str(e)) from None
     if args.json:
@@ -85,9 +94,11 @@ def cmd_eval_nudges(args) -> int:
 
 def register(sub) -> dict:
     p = sub.add_parser("eval", help="compare input, matchering and our systems on pairs of different songs")
-    p.add_argument("folder", help="folder of songs (at least two)")
-    p.add_argument("--pairs", type=int, default=12)
-    p.add_argument("--seconds", type=float, default=10.0, help="excerpt length")
+    p.add_argument("folder", nargs="?", help="folder of songs (at least two)")
+    p.add_argument("--corpus", metavar="DIR", help="pairs from the test split of a corpus (`refmaster corpus build`): "
+                   "songs nobody trained on")
+    p.add_argument("--pairs", type=int, help="pairs of different songs (default 12; 24 with --corpus)")
+    p.add_argument("--seconds", type=float, help="excerpt length (default 10 s; 30 s with --corpus)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--systems", help="comma-separated subset of: input, matchering, ours-noito, ours, ours-blackbox, ito-theta")
     p.add_argument("--ito-steps", type=int, default=P.ITO_STEPS)

@@ -113,16 +113,44 @@ class Pair:
     reference: np.ndarray  # (2, T) raw excerpt
 
 
-def real_pairs(data_dir: Path, count: int = 12, seconds: float = 10.0, seed: int = 0,
-               names: Optional[Sequence[str]] = None) -> List[Pair]:
-    """``count`` seeded (input, reference) excerpt pairs of different songs from a folder."""
-    files = list_songs(data_dir, names=names)
+class _Songs(dict):
+    """``{name: (2, T) audio}`` decoded on first use, at most a few songs held at once (a corpus
+    split is hours of audio); the keys are known up front, so pairing never decodes anything."""
+
+    KEEP = 4
+
+    def __init__(self, files: Dict[str, Path]):
+        super().__init__()
+        self.files = files
+
+    def __iter__(self):
+        return iter(self.files)
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if not dict.__contains__(self, name):
+            while dict.__len__(self) >= self.KEEP:
+                dict.pop(self, next(dict.__iter__(self)))
+            dict.__setitem__(self, name, load_audio(self.files[name]).audio)
+        return dict.__getitem__(self, name)
+
+
+def real_pairs(data_dir: Optional[Path], count: int = 12, seconds: float = 10.0, seed: int = 0,
+               names: Optional[Sequence[str]] = None, files: Optional[Sequence[Path]] = None,
+               song_of: Optional[Dict[str, str]] = None) -> List[Pair]:
+    """``count`` seeded (input, reference) excerpt pairs of different songs from a folder (or from
+    ``files``, e.g. a corpus split; ``song_of`` maps a file name to its song, so a song's two
+    versions never make a pair)."""
+    files = list(files) if files is not None else list_songs(data_dir, names=names)
     if len(files) < 2:
-        raise FileNotFoundError(f"need at least two songs in {data_dir}")
+        raise FileNotFoundError(f"need at least two songs in {data_dir if data_dir is not None else 'the split'}")
     rng = np.random.default_rng(seed)
-    audio = {f.name: load_audio(f).audio for f in files}
+    audio = _Songs({f.name: f for f in files})
     n = int(seconds * SAMPLE_RATE)
-    combos = [(a, b) for a, b in itertools.permutations(sorted(audio), 2)]
+    song = song_of or {}
+    combos = [(a, b) for a, b in itertools.permutations(sorted(audio), 2) if song.get(a, a) != song.get(b, b)]
     order = rng.permutation(len(combos))
     pairs = []
 
@@ -233,14 +261,28 @@ def run_system(name: str, x: np.ndarray, ref: np.ndarray, models: Dict[str, Mast
     raise UsageError(f"unknown system {name!r} (one of {', '.join(SYSTEMS)})")
 
 
-def compare_systems(data_dir: Path, systems: Sequence[str], models: Dict[str, MasteringModel], pairs: int = 12,
+#: The metrics of :func:`score`, all "output vs reference, lower is better".
+METRICS = ("af", "d_drv", "d_lufs", "bark_db", "d_width")
+
+
+def compare_systems(data_dir: Optional[Path], systems: Sequence[str], models: Dict[str, MasteringModel], pairs: int = 12,
                     seconds: float = 10.0, seed: int = 0, ito_steps: int = P.ITO_STEPS, theta_steps: int = P.THETA_STEPS,
-                    ito_lr: Optional[float] = None, drv_weight: Optional[float] = None, progress: bool = True) -> dict:
-    """Run ``systems`` on seeded pairs of different songs; per-pair scores and per-system medians."""
+                    ito_lr: Optional[float] = None, drv_weight: Optional[float] = None, progress: bool = True,
+                    corpus: Optional[Path] = None, split: str = "test") -> dict:
+    """Run ``systems`` on seeded pairs of different songs; per-pair scores, per-system medians and,
+    per metric, on how many pairs a system ended further from the reference than the untouched input.
 
-
+    ``corpus``: pairs from one split of a built corpus (the test split: songs nobody trained on)
+    instead of the folder ``data_dir``."""
     rows = []
-    todo = real_pairs(data_dir, pairs, seconds, seed)
+    if corpus is not None:
+        from engine.model.corpus import load_manifest, split_files
+
+        song_of = {Path(f["file"]).name: f["song"] for f in load_manifest(corpus)["files"]}
+        todo = real_pairs(None, pairs, seconds, seed, files=split_files(corpus, split), song_of=song_of)
+    else:
+        todo = real_pairs(data_dir, pairs, seconds, seed)
+    untouched = {(pr.input_name, pr.reference_name): score(pr.input, pr.reference) for pr in todo}
     bar = tqdm(total=len(todo) * len(systems), desc="eval", unit="run", disable=not progress)
     for pr in todo:
         for sysname in systems:
@@ -257,7 +299,12 @@ def compare_systems(data_dir: Path, systems: Sequence[str], models: Dict[str, Ma
         r = [row for row in rows if row["system"] == sysname]
         summary[sysname] = {k: float(np.nanmedian([row[k] for row in r])) for k in ("af", "d_drv", "d_lufs", "bark_db", "d_width", "seconds")}
         summary[sysname]["drv_pairs"] = int(np.sum(np.isfinite([row["d_drv"] for row in r])))
-    out = {"pairs": len(todo), "seconds_per_excerpt": seconds, "seed": seed, "summary": summary, "rows": rows}
+        summary[sysname]["worse_than_input"] = {
+            k: int(sum(row[k] > untouched[(row["input"], row["reference"])][k] for row in r
+                       if np.isfinite(row[k]) and np.isfinite(untouched[(row["input"], row["reference"])][k])))
+            for k in METRICS}
+    out = {"pairs": len(todo), "seconds_per_excerpt": seconds, "seed": seed, "summary": summary, "rows": rows,
+           "source": f"corpus {corpus} ({split} split)" if corpus is not None else str(data_dir)}
     if "ours" in systems and "ours-noito" in systems:
         by = lambda s: {(row["input"], row["reference"]): row["af"] for row in rows if row["system"] == s}
         a, b = by("ours"), by("ours-noito")
