@@ -29,7 +29,6 @@ from engine.params import EQ_BANDS, MB_BANDS, SAMPLE_RATE
 CHAIN_LATENCY = 2 * DYNAMICS_LATENCY
 
 
-
 def _col(params: torch.Tensor, key: str) -> torch.Tensor:
     return params[:, P.PARAM_INDEX[key]]
 
