@@ -125,10 +125,3 @@ MUTATIONS = [
              ("tests/test_live.py::test_gain_change_ramps_across_one_block",),
              "a parameter change in the live engine jumps instead of crossfading"),
 ]
-
-try:  # mutations for behaviours tested in tests/test_cli_models.py and friends
-    from mutation_list_paths import MUTATIONS as _PATHS
-
-    MUTATIONS += _PATHS
-except ImportError:
-    pass

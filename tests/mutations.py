@@ -120,8 +120,13 @@ def run_tests(root: Path, tests: Sequence[str], timeout: float) -> Tuple[bool, s
 
 
 def all_mutations() -> List[Mutation]:
-    from mutation_list import MUTATIONS
+    """Every mutation of every ``tests/mutation_list*.py`` (one file per area, so that work on
+    different areas never edits the same list)."""
+    import importlib
 
+    MUTATIONS: List[Mutation] = []
+    for f in sorted(Path(__file__).parent.glob("mutation_list*.py")):
+        MUTATIONS += importlib.import_module(f.stem).MUTATIONS
     names = [m.name for m in MUTATIONS]
     dup = {n for n in names if names.count(n) > 1}
     assert not dup, f"mutation names used twice: {dup}"
