@@ -30,12 +30,14 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
-import torch
 
 from engine.errors import ParamError, RefmasterError
+
+if TYPE_CHECKING:  # for the annotations; the functions import torch where they make a tensor (start-up without it)
+    import torch
 
 #: The rate the engine runs at (Hz): the chain, the features, Φ and Ψ. Audio at other rates is
 #: resampled on the way in and out (engine.io.audio).
@@ -212,6 +214,8 @@ _BOUNDS_CACHE: Dict[Tuple[torch.dtype, torch.device], Tuple[torch.Tensor, ...]] 
 
 
 def _bounds(dtype: torch.dtype, device: torch.device):
+    import torch  # only here and below: commands that need no tensor start without torch
+
     key = (dtype, device)
     if key not in _BOUNDS_CACHE:
         lo = torch.tensor([p.min for p in PARAMS], dtype=torch.float64)
@@ -226,6 +230,8 @@ def _bounds(dtype: torch.dtype, device: torch.device):
 
 def normalize_tensor(values: torch.Tensor) -> torch.Tensor:
     """Real units (..., 46) -> normalised 0…1 (..., 46). Differentiable."""
+    import torch
+
     lo_t, span, is_log, _, _ = _bounds(values.dtype, values.device)
     v = torch.where(is_log, values.clamp_min(1e-30).log(), values)
     return (v - lo_t) / span
@@ -233,6 +239,8 @@ def normalize_tensor(values: torch.Tensor) -> torch.Tensor:
 
 def denormalize_tensor(norm: torch.Tensor) -> torch.Tensor:
     """Normalised 0…1 (..., 46) -> real units (..., 46). Differentiable."""
+    import torch
+
     lo_t, span, is_log, _, _ = _bounds(norm.dtype, norm.device)
     v = lo_t + norm * span
     return torch.where(is_log, v.exp(), v)
@@ -240,18 +248,25 @@ def denormalize_tensor(norm: torch.Tensor) -> torch.Tensor:
 
 def clamp_tensor(values: torch.Tensor) -> torch.Tensor:
     """Real units (..., 46) clamped into every parameter's range (differentiable inside it)."""
+    import torch
+
     _, _, _, lo, hi = _bounds(values.dtype, values.device)
     return torch.minimum(torch.maximum(values, lo), hi)
 
 
-def default_tensor(dtype=torch.float32, device="cpu") -> torch.Tensor:
-    return torch.tensor([p.default for p in PARAMS], dtype=dtype, device=device)
+def default_tensor(dtype=None, device="cpu") -> torch.Tensor:
+    """The defaults as a (46,) tensor (float32 unless ``dtype`` is given)."""
+    import torch
+
+    return torch.tensor([p.default for p in PARAMS], dtype=dtype or torch.float32, device=device)
 
 
 def check_tensor(values: torch.Tensor) -> None:
     """Raise :class:`ParamError` naming the first non-finite or out-of-range parameter."""
     if values.shape[-1] != NUM_PARAMS:
         raise ParamError("params", f"expected {NUM_PARAMS} values in the last dimension, got {values.shape[-1]}")
+    import torch
+
     v = values.detach().to("cpu", torch.float64).reshape(-1, NUM_PARAMS)
     bad = ~torch.isfinite(v)
     if bad.any():
@@ -329,14 +344,18 @@ class ChainParams:
         self.switches = sw
 
     # -- conversions
-    def to_tensors(self, dtype=torch.float32, device="cpu") -> Tuple[torch.Tensor, torch.Tensor]:
-        """(params (46,), switches (6,)) tensors in schema order."""
-        p = torch.tensor([self.values[k] for k in PARAM_KEYS], dtype=dtype, device=device)
+    def to_tensors(self, dtype=None, device="cpu") -> Tuple[torch.Tensor, torch.Tensor]:
+        """(params (46,), switches (6,)) tensors in schema order (float32 unless ``dtype`` is given)."""
+        import torch
+
+        p = torch.tensor([self.values[k] for k in PARAM_KEYS], dtype=dtype or torch.float32, device=device)
         s = torch.tensor([self.switches[m] for m in MODULES], dtype=torch.bool, device=device)
         return p, s
 
     @classmethod
     def from_tensors(cls, params: torch.Tensor, switches: Optional[torch.Tensor] = None) -> "ChainParams":
+        import torch
+
         v = params.detach().to("cpu", torch.float64).reshape(-1)
         values = {k: PARAMS[i].clamp(float(v[i])) for i, k in enumerate(PARAM_KEYS)}
         if switches is None:

@@ -7,16 +7,18 @@ import os
 import statistics
 import time
 
-import torch
-
 from engine import params as P
-from engine.dsp.chain import render_chain
-from engine.model.manipulation import random_manipulation
 from engine.params import SAMPLE_RATE
 
 
-def bench_chain(seconds: float = 30.0, repeat: int = 3, batch: int = 1, dtype=torch.float32) -> dict:
-    """Median forward and forward+backward times of the full chain (every module on)."""
+def bench_chain(seconds: float = 30.0, repeat: int = 3, batch: int = 1, dtype=None) -> dict:
+    """Median forward and forward+backward times of the full chain (every module on; float32 by default)."""
+    import torch  # here, not at the top: `refmaster --help` imports every bench module
+
+    from engine.dsp.chain import render_chain
+    from engine.model.manipulation import random_manipulation
+
+    dtype = dtype or torch.float32
     g = torch.Generator().manual_seed(1)
     T = int(seconds * SAMPLE_RATE)
     audio = 0.25 * torch.randn(batch, 2, T, generator=g, dtype=dtype)

@@ -20,9 +20,7 @@ import statistics
 import time
 from pathlib import Path
 
-import torch
-
-from engine.io.audio import SAMPLE_RATE
+from engine.params import SAMPLE_RATE
 
 
 def _material(seconds: float, data: Path | None):
@@ -44,6 +42,8 @@ def _material(seconds: float, data: Path | None):
 
 
 def bench_model(model, seconds: float = 30.0, repeat: int = 3, data: Path | None = None) -> dict:
+    import torch
+
     from engine.mastering.job import MasterSettings, master
 
     x, r, what = _material(seconds, data)
@@ -58,6 +58,8 @@ def bench_model(model, seconds: float = 30.0, repeat: int = 3, data: Path | None
 
 
 def bench_ito(model, seconds: float = 30.0, steps: int = 100, data: Path | None = None, full: bool = True) -> dict:
+    import torch
+
     from engine.analysis.features import AudioFeatureLoss
     from engine.mastering.job import MasterSettings, master
 

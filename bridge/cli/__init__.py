@@ -19,6 +19,10 @@ import importlib
 import sys
 from typing import Callable, Dict, List, Optional, Tuple
 
+# First, before anything heavy: starts the window over which engine.runtime judges how busy the
+# other processes keep the CPUs (the thread choice of `master`). Standard library only.
+from engine import runtime  # noqa: F401
+
 #: Modules that contribute subcommands, in the order `refmaster --help` lists them.
 COMMAND_MODULES = [
     "bridge.cli.chain",

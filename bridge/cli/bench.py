@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib
 
 #: Modules that contribute `bench` targets, in the order `refmaster bench --help` lists them.
-BENCH_MODULES = ["bridge.bench.chain", "bridge.bench.osc", "bridge.bench.render", "bridge.bench.model"]
+BENCH_MODULES = ["bridge.bench.chain", "bridge.bench.osc", "bridge.bench.render", "bridge.bench.model",
+                 "bridge.bench.master"]
 
 
 def register(sub) -> dict:

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.analysis.features import analyze
-from engine.io.audio import write_audio
-from engine.model.synth import demo_pair
-
 
 def run_demo(out_dir: Path, seconds: float = 20.0, seed: int = 7, ito_steps: int = 100) -> Path:
     from bridge.cli.report import params_change_table, plot_master
+    from engine.analysis.features import analyze
+    from engine.io.audio import write_audio
     from engine.mastering.job import MasterSettings, master
     from engine.model.networks import load_model
+    from engine.model.synth import demo_pair
     from presets import Preset, PresetStore, fingerprint
 
     out_dir.mkdir(parents=True, exist_ok=True)

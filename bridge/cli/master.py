@@ -12,13 +12,16 @@ from __future__ import annotations
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 
-from bridge.cli.options import add_presets_option
+from bridge.cli.options import add_presets_option, add_threads_option
 from engine import params as P
+from engine import runtime
 from engine.errors import AudioError, RefmasterError
+from engine.runtime import check_threads, use_threads
 from engine.io.audio import SAMPLE_RATE, load_audio, resample, write_audio
 
 #: The shortest input/reference `master` accepts (ITO needs a little material).
@@ -133,22 +136,34 @@ def _save_preset(args, model, settings, result, store, fp, existing):
 
 
 def cmd_master(args) -> int:
+    t0 = time.monotonic()  # stage times for the report (`refmaster bench master` reads them)
+    threads = check_threads(args.threads)
     from bridge.cli.report import params_change_table, plot_master
     from engine.analysis.features import analyze
     from engine.model.networks import load_model
 
+    t_import = time.monotonic()
     out, settings, x, ref, ito_ref, store, fp, existing, z_start = _inputs(args)
+    t_decode = time.monotonic()
+    choice = use_threads(threads)  # after decoding: a window long enough to judge the other processes' load
     model = load_model(args.model, args.weights)
+    t_model = time.monotonic()
     if z_start is not None and z_start.shape[0] != model.cfg.embed_dim:
         raise RefmasterError(f"preset '{existing.name}' was made with another model (embedding size {z_start.shape[0]})")
     result = _run(args, model, settings, x, ref, ito_ref, z_start)
+    t_master = time.monotonic()
     y = result.output
     if x.source_rate != SAMPLE_RATE:
         y = resample(y, SAMPLE_RATE, x.source_rate)
     y = _fit_length(y, x.source_frames)
     clipped = write_audio(out, y, x.source_rate)
+    t_write = time.monotonic()
     preset_path = _save_preset(args, model, settings, result, store, fp, existing)
+    t_preset = time.monotonic()
     a_in, a_out, a_ref = analyze(x.audio), analyze(result.output), analyze(ref.audio)
+    result.seconds.update(startup=t0 - runtime.START.wall, imports=t_import - t0, decode=t_decode - t_import,
+                          model_load=t_model - t_decode, write=t_write - t_master, preset_save=t_preset - t_write,
+                          analysis=time.monotonic() - t_preset)
     if args.plot:
         plot_master(args.plot, x.audio, result.output, ref.audio, [a_in, a_out, a_ref])
     report = {
@@ -163,6 +178,7 @@ def cmd_master(args) -> int:
         "params": result.chain.to_dict() if result.chain else None,
         "analysis": {"input": _brief(a_in), "output": _brief(a_out), "reference": _brief(a_ref)},
         "seconds": result.seconds, "preset": str(preset_path) if preset_path else None, "clipped_samples": clipped,
+        "threads": choice.as_dict(),
     }
     if args.json:
         print(json.dumps(report, indent=2))
@@ -228,6 +244,7 @@ def register(sub) -> dict:
     p.add_argument("--plot", metavar="PNG", help="input / master / reference at a glance")
     p.add_argument("--json", action="store_true", help="machine-readable report")
     add_presets_option(p)
+    add_threads_option(p)
     p.add_argument("--preset-name", help="name of the preset to save (default: the reference's file name)")
     p.add_argument("--from-preset", action="store_true", help="start from the stored preset of this reference")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -15,3 +15,9 @@ def add_presets_option(p) -> None:
 
 def add_json_option(p, what: str = "machine-readable output") -> None:
     p.add_argument("--json", action="store_true", help=what)
+
+
+def add_threads_option(p) -> None:
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="CPU threads for the Torch work (default: the cores other processes leave free; "
+                        "engine.runtime)")

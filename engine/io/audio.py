@@ -22,7 +22,6 @@ from typing import Union
 
 import numpy as np
 import soundfile as sf
-from scipy.signal import resample_poly
 
 from engine.errors import AudioError
 from engine.io.atomic import atomic_path
@@ -82,6 +81,8 @@ def resample(audio: np.ndarray, source_rate: int, target_rate: int = SAMPLE_RATE
     """Polyphase resampling of ``(C, T)`` audio (scipy), float32 out."""
     if source_rate == target_rate:
         return audio.astype(np.float32, copy=False)
+    from scipy.signal import resample_poly  # 1 s of imports: only where a file needs it
+
     ratio = Fraction(target_rate, source_rate).limit_denominator(10000)
     y = resample_poly(audio.astype(np.float64), ratio.numerator, ratio.denominator, axis=-1)
     return y.astype(np.float32)

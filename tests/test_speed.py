@@ -1,0 +1,205 @@
+"""Start-up, threads and the benchmark's own machinery (issue 14), asserted without timing anything.
+
+Speed targets live in `refmaster bench master` (README, "Measured"), not here: a timed unit test
+on a shared machine fails for the wrong reasons. What can be asserted is what makes the speed:
+the commands that need no model never import torch or scipy; `--threads N` is the thread count
+torch and numba run with; the automatic choice counts the cores other processes keep busy (and
+not our own work); the benchmark measures a child's own peak memory and keeps a core busy.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from engine import runtime
+from engine.errors import UsageError
+
+REPO = Path(__file__).resolve().parents[1]
+#: What a model-free command must not load (torch alone is 2–5 s of a 0.5 s budget).
+HEAVY = ("torch", "scipy", "numba", "torchcomp", "matplotlib", "onnx", "onnxruntime", "pedalboard", "pyloudnorm")
+PROBE = r"""
+import json, sys
+from bridge.cli import main
+try:
+    rc = main(sys.argv[1:])
+except SystemExit as e:
+    rc = e.code
+print("\nPROBE" + json.dumps({"rc": rc, "loaded": sorted(m for m in %r if m in sys.modules)}))
+""" % (HEAVY,)
+
+
+def _probe(*argv: str) -> dict:
+    p = subprocess.run([sys.executable, "-c", PROBE, *argv], cwd=REPO, capture_output=True, text=True, timeout=120)
+    return json.loads(p.stdout.rsplit("PROBE", 1)[1])
+
+
+@pytest.mark.parametrize("argv", [("--help",), ("params",), ("params", "--json"), ("preset", "list"),
+                                  ("osc", "addresses"), ("osc", "dialect"), ("bench", "--help")])
+def test_model_free_commands_start_without_torch(argv, tmp_path):
+    if argv[0] == "preset":
+        argv = argv + ("--presets", str(tmp_path))
+    r = _probe(*argv)
+    assert r["rc"] == 0
+    assert r["loaded"] == [], f"`refmaster {' '.join(argv)}` imported {r['loaded']}"
+
+
+def test_free_threads_leave_the_busy_cores_to_the_others():
+    assert runtime.free_threads(2, 0.05) == 2          # idle
+    assert runtime.free_threads(2, 1.0) == 1           # one core kept busy: one thread
+    assert runtime.free_threads(2, 0.7) == 1
+    assert runtime.free_threads(2, 0.3) == 2           # a little background load does not count
+    assert runtime.free_threads(4, 1.1) == 3
+    assert runtime.free_threads(2, 5.0) == 1           # never below one
+    assert runtime.free_threads(8, None) == 8          # not measurable: every core
+
+
+@pytest.mark.parametrize("niced", [False, True])
+def test_busy_elsewhere_is_the_machines_busy_time_less_our_own(monkeypatch, niced):
+    hz = runtime._ticks_per_second()
+    monkeypatch.setattr(runtime, "_niced", lambda: niced)
+    a = runtime.CpuSnapshot(wall=10.0, busy=1000, niced=500, own_cpu=3.0)
+    # over 2 s: 3 cores' worth of un-niced busy time (2 s of it ours: 1 core), 1 core's worth niced
+    b = runtime.CpuSnapshot(wall=12.0, busy=1000 + int(6 * hz), niced=500 + int(2 * hz), own_cpu=5.0)
+    expect = (6 + (2 if niced else 0) - 2) / 2
+    assert runtime.busy_elsewhere(a, b) == pytest.approx(expect)
+    assert runtime.busy_elsewhere(a, runtime.CpuSnapshot(12.0, None, None, 5.0)) is None
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="needs Linux /proc/stat")
+def test_a_process_spinning_elsewhere_counts_as_a_busy_core():
+    from bridge.bench.master import BURNER
+
+    burner = subprocess.Popen([sys.executable, "-c", BURNER, "30"])
+    try:
+        time.sleep(0.3)
+        start = runtime.CpuSnapshot.take()
+        time.sleep(1.0)
+        busy = runtime.busy_elsewhere(start)
+    finally:
+        burner.kill()
+        burner.wait()
+    assert busy is not None and busy >= 0.7, f"a spinning process showed as {busy} cores busy"
+
+
+def test_threads_option_is_checked_before_any_work(capsys, tmp_path):
+    from bridge.cli import main
+
+    for bad in ("0", "-2", "100000"):
+        code = main(["master", str(tmp_path / "missing.wav"), "--ref", str(tmp_path / "r.wav"),
+                     "-o", str(tmp_path / "o.wav"), "--threads", bad])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and err.startswith("refmaster: error: --threads") and "\n" not in err
+    with pytest.raises(UsageError):
+        runtime.check_threads(True)
+    assert runtime.choose_threads(3).threads == 3
+
+
+def test_set_threads_sizes_torch_and_numba():
+    import numba
+    import torch
+
+    before_t, before_n = torch.get_num_threads(), numba.get_num_threads()
+    try:
+        runtime.set_threads(1)
+        assert torch.get_num_threads() == 1 and numba.get_num_threads() == 1
+        if runtime.available_cores() >= 2 and numba.config.NUMBA_NUM_THREADS >= 2:
+            runtime.set_threads(2)
+            assert torch.get_num_threads() == 2 and numba.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before_t)
+        numba.set_num_threads(before_n)
+
+
+def test_master_threads_option_is_the_thread_count_it_masters_with(tmp_path, capsys):
+    import torch
+
+    from bridge.cli import main
+    from engine.model.synth import synth_song
+
+    for name, seed in (("in.wav", 31), ("ref.wav", 32)):
+        sf.write(tmp_path / name, np.clip(synth_song(seed, 2.0), -1, 1).T, 44100, subtype="PCM_24")
+    before = torch.get_num_threads()
+    try:
+        code = main(["master", str(tmp_path / "in.wav"), "--ref", str(tmp_path / "ref.wav"), "-o", str(tmp_path / "o.wav"),
+                     "--no-ito", "--json", "--quiet", "--presets", str(tmp_path / "p"), "--threads", "1"])
+        out = capsys.readouterr().out
+        assert code == 0
+        assert torch.get_num_threads() == 1
+        report = json.loads(out)
+        assert report["threads"]["threads"] == 1 and report["threads"]["requested"] == 1
+        for stage in ("imports", "decode", "model_load", "fx_norm", "embed", "render", "write", "preset_save", "analysis"):
+            assert report["seconds"][stage] >= 0.0, stage
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_bench_measures_the_childs_own_peak_memory(tmp_path):
+    """A child that holds 300 MB reports about 300 MB more than one that holds nothing, whatever
+    this (test) process holds."""
+    from bridge.bench.master import PEAK_CHILD, child_env, run_measured
+
+    def peak(extra_mb: int) -> float:
+        # the benchmark's child running `refmaster params`, after holding extra_mb
+        f = tmp_path / f"peak{extra_mb}"
+        code = f"import numpy as np; a = np.ones({extra_mb} * 2**20 // 8)"
+        subprocess.run([sys.executable, "-c", code + "\n" + PEAK_CHILD, str(f), "refmaster", "params"], cwd=REPO,
+                       check=True, capture_output=True, timeout=120)
+        return int(f.read_text()) / 1024
+
+    ballast = np.ones(400 * 2**20 // 8)  # this process: 400 MB more than the children
+    measured = run_measured("refmaster", ["params"], child_env(tmp_path / "pyc"), tmp_path)
+    small, big = peak(0), peak(300)
+    del ballast
+    assert measured["rc"] == 0 and measured["peak_rss_mb"] < 300, \
+        f"the child reported {measured['peak_rss_mb']:.0f} MB: the parent's peak leaked into it"
+    assert 280 < big - small < 340
+
+
+def test_bench_pairs_are_different_songs_with_inputs_of_two_to_four_minutes(tmp_path):
+    from bridge.bench.master import song_pairs
+
+    for name, seconds in (("a.wav", 130), ("b.wav", 200), ("c.wav", 60), ("d.wav", 300)):
+        sf.write(tmp_path / name, np.zeros((int(seconds * 100), 2), np.float32), 100)
+    pairs, skipped = song_pairs(tmp_path, count=3)
+    assert [(x.name, r.name) for x, r in pairs] == [("a.wav", "d.wav"), ("b.wav", "d.wav"), ("a.wav", "b.wav")]
+    every = [(x.name, r.name) for x, r in song_pairs(tmp_path, count=100)[0]]
+    assert every == [("a.wav", "d.wav"), ("b.wav", "d.wav"), ("a.wav", "b.wav"), ("b.wav", "a.wav"),
+                     ("a.wav", "c.wav"), ("b.wav", "c.wav")]
+    assert any(s.startswith("c.wav") for s in skipped) and any(s.startswith("d.wav") for s in skipped)
+    assert song_pairs(tmp_path, ["c.wav", "d.wav"])[0] == []
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+def test_bench_burner_keeps_a_core_busy_until_the_block_ends():
+    from bridge.bench.master import Burner
+
+    with Burner() as b:
+        states = []
+        for _ in range(10):  # a spinning process is always runnable ("R"), a sleeping one is not
+            with open(f"/proc/{b.proc.pid}/stat") as f:
+                states.append(f.read().rsplit(")", 1)[1].split()[0])
+            time.sleep(0.05)
+        assert states.count("R") >= 8, f"the burner was not running: states {states}"
+    assert b.proc.poll() is not None
+
+
+def test_the_compiled_compressor_loop_is_loaded_from_a_cache_in_the_next_process():
+    """numba compiles torchcomp's recursion once; later processes load it (2.4 s of each `master` before)."""
+    code = ("import torch\nfrom engine.dsp.chain import render_chain\nfrom engine import params as P\n"
+            "from engine.dsp.dynamics import compressor_kernel\n"
+            "render_chain(0.1 * torch.randn(1, 2, 4410), P.default_tensor())\n"
+            "print('HITS', sum(compressor_kernel.stats.cache_hits.values()))")
+    hits = []
+    for _ in range(2):
+        p = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300, check=True)
+        hits.append(int(p.stdout.rsplit("HITS", 1)[1]))
+    assert hits[1] >= 1, f"the second process compiled again (cache hits {hits})"
