@@ -129,9 +129,13 @@ def test_dump_has_every_value(server, dump):
 
 
 def test_subscribe_feedback_from_every_source(server, dump, store):
-    with OscDump() as second:
+    # only the subscriber or the address that subscribed it may unsubscribe it (issue 10): one
+    # socket subscribes `second` and later unsubscribes it (a one-shot oscsend could not)
+    requester = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    requester.bind((HOST, 0))
+    with OscDump() as second, requester:
         subscribe(server, dump, "param")
-        oscsend(HOST, server.address[1], A.SUBSCRIBE, "si", HOST, second.port)
+        requester.sendto(encode_message(A.SUBSCRIBE, [HOST, second.port]), server.address)
         second.wait_address(A.DUMP_DONE)
         second.clear()
         # a change from another controller reaches both subscribers
@@ -144,7 +148,7 @@ def test_subscribe_feedback_from_every_source(server, dump, store):
         assert dump.wait_address("/refmaster/param/gain/gain")[-1] == [-3.0]
         dump.wait_address("/refmaster/param/imager/width", 2)     # back to 0.5 (the default)
         assert dump.last("/refmaster/param/imager/width") == [0.5]
-        oscsend(HOST, server.address[1], A.UNSUBSCRIBE, "si", HOST, second.port)
+        requester.sendto(encode_message(A.UNSUBSCRIBE, [HOST, second.port]), server.address)
         dump.wait_address(A.OK)
         n = len(second.messages)
         send(server, "/refmaster/param/gain/gain", "f", 1.0)

@@ -1,10 +1,14 @@
 """`refmaster serve`: play a song through a preset's chain live, in sync with OSC controllers.
 
     refmaster serve --input SONG --preset NAME [--backend onnx|pedalboard] [--osc-port P]
+                    [--osc-host H --allow CIDR...] [--secret-file FILE] [--record-max-mb MB]
 
 Plays to JACK when a JACK server runs (``--jack auto``, the default), else to a wav file
 (``--output``, default ``<song>.live.wav``). Every applied parameter change is recorded with its
-time and source (``--record``, JSON lines). The preset is saved on ``/refmaster/preset/save``
+time and source (``--record``, JSON lines, rotated at ``--record-max-mb``). Only hosts in
+``--allow`` (default loopback) may talk to the OSC server; listening beyond loopback needs it; a
+shared secret (``--secret-file`` or ``$REFMASTER_OSC_SECRET``) makes every message need
+``/refmaster/auth`` (docs/bridge.md, "Limits"). The preset is saved on ``/refmaster/preset/save``
 and, if the engine's state differs from it, on exit (Ctrl-C or SIGTERM), atomically.
 
 ITO hook: :func:`ito_handlers` returns the two handlers the OSC server calls for
@@ -17,9 +21,11 @@ with an error saying so.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -89,25 +95,49 @@ def ito_handlers(preset, song, reference):
     return run, nudge
 
 
-class ChangeRecorder:
-    """Appends the state's change log to a JSON-lines file once a second and at the end."""
+#: Size at which the change record is rotated (``--record-max-mb``): the file becomes ``<name>.1``
+#: (replacing an older one) and a new file starts, so the record takes at most twice this on disk.
+RECORD_MAX_BYTES = 16 << 20
 
-    def __init__(self, state, path: Path):
+
+class ChangeRecorder:
+    """Appends the state's change log to a JSON-lines file once a second and at the end.
+
+    Bounded: the file is rotated at ``max_bytes`` (one previous file kept, ``<name>.1``), and the
+    state keeps only its latest changes in memory (:data:`bridge.osc.state.MAX_CHANGES_IN_MEMORY`);
+    if more arrive between two flushes, a ``{"lost": n}`` line says how many were not recorded.
+    """
+
+    def __init__(self, state, path: Path, max_bytes: int = RECORD_MAX_BYTES):
         self.state = state
         self.path = path
+        self.max_bytes = max_bytes
         self._done = 0
+        self.lost = 0
         self._stop = threading.Event()
         self._f = open(path, "a", encoding="utf-8")
+        self._size = self._f.tell()
         self._thread = threading.Thread(target=self._run, name="change-recorder", daemon=True)
         self._thread.start()
 
+    def _write(self, line: str) -> None:
+        n = len(line.encode("utf-8"))
+        if self._size and self._size + n > self.max_bytes:
+            self._f.close()
+            os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+            self._f = open(self.path, "a", encoding="utf-8")
+            self._size = 0
+        self._f.write(line)
+        self._size += n
+
     def _flush(self) -> None:
-        changes = self.state.changes
-        n = len(changes)
-        for c in map(Change._make, changes[self._done:n]):
-            self._f.write(json.dumps({"t": round(c.t, 6), "time": round(c.wall, 6), "key": c.key,
-                                      "value": c.value, "source": c.source}) + "\n")
-        self._done = n
+        changes, self._done, lost = self.state.changes_since(self._done)
+        if lost:
+            self.lost += lost
+            self._write(json.dumps({"time": round(time.time(), 6), "lost": lost}) + "\n")
+        for c in map(Change._make, changes):
+            self._write(json.dumps({"t": round(c.t, 6), "time": round(c.wall, 6), "key": c.key,
+                                    "value": c.value, "source": c.source}) + "\n")
         self._f.flush()
 
     def _run(self) -> None:
@@ -119,12 +149,13 @@ class ChangeRecorder:
         self._thread.join(timeout=5)
         self._flush()
         self._f.close()
-        return self._done
+        return self._done - self.lost
 
 
 def cmd_serve(args) -> int:
     from bridge.live.engine import LiveEngine, open_backend, prepare_realtime, run_paced
     from bridge.live.outputs import FileOutput, JackOutput, jack_available
+    from bridge.osc.access import AllowList, read_secret
     from bridge.osc.dialects import Dialect, parse_vars
     from bridge.osc.server import OscServer
     from bridge.osc.state import BridgeState
@@ -133,6 +164,11 @@ def cmd_serve(args) -> int:
 
     if args.block < 16 or args.block > 16384:
         raise RefmasterError(f"--block {args.block}: must be 16…16384 samples")
+    if not args.record_max_mb > 0:
+        raise RefmasterError(f"--record-max-mb {args.record_max_mb:g}: must be more than 0")
+    if args.allow:
+        AllowList(args.allow)           # a bad network is one line, before any work
+    secret = read_secret(args.secret_file)
     store = PresetStore(args.presets)
     pf = Path(args.preset)
     preset = Preset.from_file(pf) if pf.suffix == ".json" and pf.is_file() else store.get(args.preset)
@@ -150,7 +186,7 @@ def cmd_serve(args) -> int:
     ito, nudge = ito_handlers(preset, song.audio, reference)
     server = OscServer(state, args.osc_host, args.osc_port, store=store, preset=preset, ito_handler=ito,
                        nudge_handler=nudge, transport=engine, dialects=dialects, song=song.audio,
-                       reference=reference)
+                       reference=reference, allow=args.allow, secret=secret)
     try:
         if use_jack:
             output = JackOutput(engine, args.jack_server, args.jack_name,
@@ -160,7 +196,7 @@ def cmd_serve(args) -> int:
     except BaseException:
         server.close()
         raise
-    recorder = ChangeRecorder(state, record)
+    recorder = ChangeRecorder(state, record, int(args.record_max_mb * (1 << 20)))
     stop = threading.Event()
     max_blocks = None if args.seconds is None else max(1, int(round(args.seconds * SAMPLE_RATE / args.block)))
 
@@ -185,7 +221,8 @@ def cmd_serve(args) -> int:
           f"parameter changes {'crossfaded across a block' if backend.can_snapshot else 'stepped in 8 parts of a block'}",
           flush=True)
     print(f"output: {output.description}", flush=True)
-    print(f"listening: osc.udp://{host}:{port}/  (refmaster osc addresses)", flush=True)
+    print(f"listening: osc.udp://{host}:{port}/  (refmaster osc addresses); hosts allowed: {server.allow}"
+          f"{'; shared secret required (/refmaster/auth)' if secret else ''}", flush=True)
     thread = threading.Thread(target=render, name="render", daemon=True)
     thread.start()
     try:
@@ -228,7 +265,14 @@ def register(sub) -> dict:
     p.add_argument("--pedalboard-settings", metavar="FILE.json",
                    help="calibrated pedalboard settings from `refmaster export --pedalboard`")
     p.add_argument("--osc-port", type=int, default=9000, help="UDP port to listen on (default 9000; 0: any free)")
-    p.add_argument("--osc-host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--osc-host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1; beyond loopback, e.g. 0.0.0.0, only with --allow)")
+    p.add_argument("--allow", nargs="+", metavar="CIDR",
+                   help="the hosts that may talk to the server and be sent to (dump, subscribe), as numeric "
+                        "networks, e.g. 192.168.1.0/24 127.0.0.1 (default: loopback, 127.0.0.0/8)")
+    p.add_argument("--secret-file", metavar="FILE",
+                   help="a shared secret (first line; default: $REFMASTER_OSC_SECRET): every message then needs "
+                        "a /refmaster/auth <secret> before it, in its bundle or from its address")
     p.add_argument("--block", type=int, default=512, help="samples per block (default 512)")
     p.add_argument("--jack", choices=("auto", "on", "off"), default="auto",
                    help="play to JACK (auto: when a JACK server runs; else to --output)")
@@ -245,6 +289,8 @@ def register(sub) -> dict:
                    help="also accept (and offer subscribers) a DAW dialect, e.g. reaper")
     p.add_argument("--var", action="append", metavar="NAME=VALUE", help="dialect variable (e.g. track=2)")
     p.add_argument("--record", metavar="FILE", help="where to append parameter changes (default <song>.changes.jsonl)")
+    p.add_argument("--record-max-mb", type=float, default=RECORD_MAX_BYTES / (1 << 20), metavar="MB",
+                   help="rotate the change record at this size, keeping one previous file FILE.1 (default 16)")
     p.add_argument("--no-save", action="store_true", help="do not save the preset on exit")
     add_presets_option(p)
     return {"serve": cmd_serve}

@@ -4,17 +4,26 @@
 checks them (:mod:`bridge.osc.wire`) and parses them (python-osc), finds their handlers with an
 :class:`~bridge.osc.dispatcher.OscDispatcher`, applies the refmaster semantics and owns the
 shared :class:`~bridge.osc.state.BridgeState` (Θ in real units + switches) that the live engine
-reads at the start of every block. Subscriptions, dumps and pushes: :mod:`bridge.osc.subscriptions`.
+reads at the start of every block. Subscriptions, dumps and pushes: :mod:`bridge.osc.subscriptions`;
+preset, ITO and transport commands: :mod:`bridge.osc.commands`; who may talk and how much is
+answered: :mod:`bridge.osc.access`.
 
 Semantics (docs/bridge.md): changes apply in arrival order, last writer wins; a value out of
 range is clamped and answered with ``/refmaster/warning``; an unknown address, a wrong type or
 count of arguments, NaN/inf, a malformed or truncated packet or a bundle nested deeper than
 :data:`~bridge.osc.wire.MAX_BUNDLE_DEPTH` changes nothing and is answered with
-``/refmaster/error <address> <reason>``. Replies go to the sender and to every subscriber
-(``oscsend``-style senders cannot receive). Every change, whoever made it (a controller, ITO, a
+``/refmaster/error <address> <reason>``. Every change, whoever made it (a controller, ITO, a
 preset load), is pushed to every subscriber; pushes are coalesced per address (each subscriber
 always ends with the latest value). A new subscriber first gets a full dump. Bundle time tags are
 not honoured: bundles apply on arrival.
+
+Abuse limits: packets from hosts outside the allow list (default: loopback) are dropped unanswered;
+every message gets at most one reply (a pattern matching many addresses: one summary), sent to the
+sender within its reply budget (:class:`~bridge.osc.access.ReplyBudget`: reply bytes ≤ 1.5 × the
+bytes it sent) and copied, at a bounded rate, to the subscribers on the sender's host (so
+``oscsend``'s errors reach the ``oscdump`` beside it); one packet makes at most
+:data:`MAX_CALLS_PER_PACKET` handler calls; with a shared secret every message but
+``/refmaster/auth`` needs a login; replies name no file paths.
 
 ITO and nudges are not done here: the server calls an injected :data:`ItoHandler` in a worker
 thread with an :class:`ItoRequest` and applies the :class:`ItoResult` it returns
@@ -24,70 +33,36 @@ one answers ``/refmaster/ito/run`` and ``/refmaster/nudge`` with an error saying
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import sys
 import threading
 import traceback
-from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional, Protocol, Sequence, Tuple
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 from pythonosc.osc_packet import OscPacket, ParseError
 
 from bridge.osc import space as A
+from bridge.osc.access import DEFAULT_ALLOW, AllowList, PathScrubber, ReplyBudget, SharedSecret, TokenBucket
+from bridge.osc.commands import ITO_UNAVAILABLE, Commands, ItoHandler, ItoRequest, ItoResult, Transport  # noqa: F401
 from bridge.osc.dispatcher import Handler, OscDispatcher, OscReplyError
 from bridge.osc.state import BridgeState
-from bridge.osc.subscriptions import Subscriber, Subscriptions
+from bridge.osc.subscriptions import DUMPS_PER_S, SUBSCRIPTION_TTL_S, Subscriber, Subscriptions
 from bridge.osc.transport import Address, UdpTransport
 from bridge.osc.wire import _guess_address, _osc_type_name, check_packet, encode_message, printable
 from engine import params as P
 from engine.errors import RefmasterError
 
-# ------------------------------------------------------------------------------ hooks
+#: Handler calls one packet may cause (a bundle setting everything in both forms is 104).
+MAX_CALLS_PER_PACKET = 512
+#: What matching a pattern not seen recently costs out of that budget.
+PATTERN_COST = 16
+NOT_AUTHORISED = (f"not authorised: this server has a shared secret; send {A.AUTH} <secret> first "
+                  f"(in the same bundle, or from this address)")
 
-@dataclass
-class ItoRequest:
-    """What the server hands to the ITO hook (``/refmaster/ito/run`` or ``/refmaster/nudge``)."""
-
-    kind: str                         # "run" or "nudge"
-    steps: Optional[int]              # requested steps (None: the hook's default)
-    words: Optional[str]              # nudge words, e.g. "brighter, wider" (kind == "nudge")
-    chain: P.ChainParams              # the engine's current Θ + switches
-    preset: Optional[object]          # presets.Preset being played (z_ref, ITO settings, fingerprint) or None
-    song: Optional[np.ndarray]        # (2, T) float32 44.1 kHz: the track being played, if any
-    reference: Optional[np.ndarray]   # (2, T) float32 44.1 kHz: the reference (serve --ref), if given
-    progress: Callable[[int, float], None]  # call progress(step, loss): pushed as /refmaster/ito/progress
-
-
-@dataclass
-class ItoResult:
-    """What the ITO hook returns; the server applies ``chain`` and keeps the rest for the preset."""
-
-    chain: P.ChainParams
-    z_ref: Optional[List[float]] = None
-    loss_history: List[float] = field(default_factory=list)
-    settings: Dict[str, object] = field(default_factory=dict)
-
-
-#: ``handler(request) -> ItoResult``; may take seconds (runs in a worker thread); raise
-#: ``RefmasterError`` for a problem the user should see (sent as /refmaster/error).
-ItoHandler = Callable[[ItoRequest], ItoResult]
-
-#: The error for /refmaster/ito/run and /refmaster/nudge on a server started without a handler.
-ITO_UNAVAILABLE = ("inference-time optimisation is not available: this server was started without an ITO "
-                   "handler (no model to optimise with; `refmaster serve` provides one)")
-
-
-class Transport(Protocol):
-    """What the live engine offers the server for /refmaster/transport/*."""
-
-    def play(self) -> None: ...
-    def stop(self) -> None: ...
-    def seek(self, seconds: float) -> float: ...
-    def position(self) -> Tuple[bool, float]: ...
-
-
-# ------------------------------------------------------------------------------ the server
 
 @dataclass
 class ServerStats:
@@ -97,23 +72,32 @@ class ServerStats:
     errors: int = 0
     warnings: int = 0
     pushed: int = 0
+    refused: int = 0         # packets from hosts outside the allow list (dropped, unanswered)
+    unauthorised: int = 0    # messages refused for want of the shared secret
+    over_budget: int = 0     # messages not applied: their packet had used up its handler calls
+    copies: int = 0          # copies of replies sent to the subscribers on the sender's host
+    copies_dropped: int = 0  # copies of replies not sent to a subscriber (over its rate)
 
 
-class OscServer(Subscriptions):
+class OscServer(Subscriptions, Commands):
     """The refmaster OSC endpoint. Use as a context manager or call :meth:`start` / :meth:`close`.
 
     ``store``: a :class:`presets.PresetStore` for /refmaster/preset/*; ``preset``: the preset
     being played (its metadata is kept when saving); ``ito_handler`` / ``nudge_handler``: see
     :data:`ItoHandler`; ``transport``: the live engine; ``dialects``: :class:`bridge.osc.dialects.Dialect`
     objects whose DAW addresses are accepted too and which subscribers may ask for as their form.
-    Subscriptions, dumps and pushes: :class:`~bridge.osc.subscriptions.Subscriptions`.
+    ``allow``: networks (CIDR strings) that may talk to the server and receive from it (default
+    :data:`~bridge.osc.access.DEFAULT_ALLOW`; required when ``host`` is not a loopback address);
+    ``secret``: the shared secret (None: none); ``subscription_ttl``: seconds a subscription or a
+    login lasts after its last renewal.
     """
 
     def __init__(self, state: Optional[BridgeState] = None, host: str = "127.0.0.1", port: int = 0,
                  store=None, preset=None, ito_handler: Optional[ItoHandler] = None,
                  nudge_handler: Optional[ItoHandler] = None, transport: Optional[Transport] = None,
                  dialects: Iterable = (), song: Optional[np.ndarray] = None,
-                 reference: Optional[np.ndarray] = None, log=None):
+                 reference: Optional[np.ndarray] = None, log=None, allow: Optional[Iterable[str]] = None,
+                 secret: Optional[str] = None, subscription_ttl: float = SUBSCRIPTION_TTL_S):
         self.state = state or BridgeState(preset.chain if preset is not None else None)
         self.store = store
         self.preset = preset
@@ -125,19 +109,34 @@ class OscServer(Subscriptions):
         self.dialects = {d.name: d for d in dialects}
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
         self.stats = ServerStats()
+        self.allow = AllowList(DEFAULT_ALLOW if allow is None else allow)
+        self.subscription_ttl = float(subscription_ttl)
+        self.secret = SharedSecret(secret, self.subscription_ttl) if secret else None
+        self.budget = ReplyBudget()
         self.dispatcher = OscDispatcher()
         self._subscribers: Dict[Address, Subscriber] = {}
         self._sub_lock = threading.Lock()
         self._push_lock = threading.Lock()
         self._push_wake = threading.Event()
         self._dirty: Dict[str, None] = {}
-        self._dump_requests: List[Tuple[Address, str]] = []
+        self._dump_pending: Dict[Address, str] = {}
+        self._last_dump: Dict[Address, float] = {}
+        self._dump_bucket = TokenBucket(DUMPS_PER_S, DUMPS_PER_S)
+        self._sources: Dict[Address, str] = {}
         self._closing = False
         self._ito_thread: Optional[threading.Thread] = None
         self._preset_lock = threading.Lock()
         self._map_addresses()
+        self._scrub = PathScrubber([(getattr(store, "directory", None), "<presets folder>"),
+                                    (getattr(store, "factory_dir", None), "<factory presets>"),
+                                    (Path.cwd(), "."), (Path.home(), "~")], keep=self.dispatcher.addresses())
         self.state.add_listener(self._on_state_change)
         self.udp = UdpTransport(self._on_packet, host, port)
+        bound = ipaddress.ip_address(self.udp.address[0])
+        if allow is None and not bound.is_loopback:
+            self.udp.close()
+            raise RefmasterError(f"listening on {host} reaches beyond this machine: say which hosts may talk to "
+                                 f"the server with --allow CIDR… (e.g. --allow 192.168.1.0/24)")
         self._pusher = threading.Thread(target=self._push_loop, name="osc-push", daemon=True)
 
     # -- lifecycle
@@ -174,16 +173,12 @@ class OscServer(Subscriptions):
             d.map(addr, self._param_handler(spec, normalized=True))
         for addr, module in A.SWITCH_ADDRESSES.items():
             d.map(addr, self._switch_handler(module))
-        d.map(A.PRESET_LOAD, self._on_preset_load)
-        d.map(A.PRESET_SAVE, self._on_preset_save)
-        d.map(A.ITO_RUN, self._on_ito)
-        d.map(A.NUDGE, self._on_nudge)
-        d.map(A.PLAY, self._on_play)
-        d.map(A.STOP, self._on_stop)
-        d.map(A.SEEK, self._on_seek)
-        d.map(A.DUMP, self._on_dump)
-        d.map(A.SUBSCRIBE, self._on_subscribe)
-        d.map(A.UNSUBSCRIBE, self._on_unsubscribe)
+        # commands are reached by their exact address only: no pattern saves a preset or starts ITO
+        for addr, handler in ((A.PRESET_LOAD, self._on_preset_load), (A.PRESET_SAVE, self._on_preset_save),
+                              (A.ITO_RUN, self._on_ito), (A.NUDGE, self._on_nudge), (A.PLAY, self._on_play),
+                              (A.STOP, self._on_stop), (A.SEEK, self._on_seek), (A.DUMP, self._on_dump),
+                              (A.SUBSCRIBE, self._on_subscribe), (A.UNSUBSCRIBE, self._on_unsubscribe)):
+            d.map(addr, handler, pattern=False)
         for dialect in self.dialects.values():
             for addr, (kind, key, scale) in dialect.incoming().items():
                 if addr in A.PARAM_ADDRESSES or addr in A.SWITCH_ADDRESSES:
@@ -196,6 +191,11 @@ class OscServer(Subscriptions):
     # -- packets
     def _on_packet(self, data: bytes, sender: Address, arrival: float) -> None:
         self.stats.packets += 1
+        if not self.allow.allows(sender[0]):
+            self.stats.refused += 1   # unanswered: an answer to a host that may not talk to us is a reflection
+            return
+        self.budget.earn(sender, len(data))
+        self.renew(sender)
         try:
             problem = check_packet(data)
             if problem:
@@ -206,38 +206,112 @@ class OscServer(Subscriptions):
             except (ParseError, UnicodeDecodeError) as e:
                 self.reply_error(sender, _guess_address(data), f"malformed OSC packet ({e})")
                 return
-            for timed in packet.messages:
-                self._dispatch(timed.message.address, list(timed.message.params), sender, arrival)
+            self._dispatch_packet([(t.message.address, list(t.message.params)) for t in packet.messages],
+                                  sender, arrival)
         except Exception as e:  # a bug must not stop the server: report it loudly and go on
             traceback.print_exc(file=sys.stderr)
             self.reply_error(sender, _guess_address(data), f"internal error ({type(e).__name__}: {e})")
 
-    def _dispatch(self, address: str, args: list, sender: Address, arrival: float) -> None:
+    def _dispatch_packet(self, messages: List[Tuple[str, list]], sender: Address, arrival: float) -> None:
+        budget = MAX_CALLS_PER_PACKET
+        authorised = self.secret is None or self.secret.logged_in(sender)
+        skipped: List[str] = []
+        for address, args in messages:
+            if address == A.AUTH:
+                authorised = self._on_auth(args, sender) or authorised
+                continue
+            if not authorised:
+                self.stats.unauthorised += 1
+                self.reply_error(sender, address, NOT_AUTHORISED)
+                continue
+            if budget <= 0:
+                skipped.append(address)
+                continue
+            budget -= self._dispatch(address, args, sender, arrival, budget)
+        if skipped:
+            self.stats.over_budget += len(skipped)
+            self.reply_error(sender, skipped[0], f"{len(skipped)} messages of this packet were not applied: one "
+                                                 f"packet may make at most {MAX_CALLS_PER_PACKET} changes")
+
+    def _on_auth(self, args: list, sender: Address) -> bool:
+        if self.secret is None:
+            self.reply_error(sender, A.AUTH, "this server has no shared secret: nothing to authorise")
+            return False
+        if len(args) != 1 or not isinstance(args[0], str):
+            self.reply_error(sender, A.AUTH, "expected one string argument: the secret")
+            return False
+        if not self.secret.matches(args[0]):
+            self.stats.unauthorised += 1
+            self.reply_error(sender, A.AUTH, "wrong secret")
+            return False
+        self.secret.login(sender)
+        self.reply_ok(sender, A.AUTH, f"authorised for {self.subscription_ttl:g} s after your last message")
+        return True
+
+    def _dispatch(self, address: str, args: list, sender: Address, arrival: float, budget: int) -> int:
+        """Apply one message; answer it with at most one reply. Returns what it cost of the budget."""
         self.stats.messages += 1
+        cost = PATTERN_COST if self.dispatcher.is_pattern(address) and not self.dispatcher.cached(address) else 0
         try:
             handlers = self.dispatcher.handlers_for(address)
         except OscReplyError as e:
             self.reply_error(sender, address, e.reason)
-            return
+            return max(1, cost)
         if not handlers:
             self.reply_error(sender, address, "unknown address (see `refmaster osc addresses`)")
-            return
+            return max(1, cost)
+        if len(handlers) + cost > budget:
+            self.stats.over_budget += 1
+            self.reply_error(sender, address, f"matches {len(handlers)} addresses, more than this packet may still "
+                                              f"change (at most {MAX_CALLS_PER_PACKET} changes per packet)")
+            return budget
+        errors: List[Tuple[str, str]] = []
+        answers: Dict[str, List[Tuple[str, str]]] = {A.WARNING: [], A.OK: []}
         for concrete, handler in handlers:
             try:
-                handler(concrete, args, sender, arrival)
-            except OscReplyError as e:
-                self.reply_error(sender, concrete, e.reason)
-            except RefmasterError as e:
-                self.reply_error(sender, concrete, str(e))
+                answer = handler(concrete, args, sender, arrival)
+            except (OscReplyError, RefmasterError) as e:
+                errors.append((concrete, e.reason if isinstance(e, OscReplyError) else str(e)))
+                continue
+            if answer is not None:
+                answers[answer[0]].append((concrete, answer[1]))
+        n = len(handlers)
+        if n == 1:
+            for kind, items in ((A.ERROR, errors), (A.WARNING, answers[A.WARNING]), (A.OK, answers[A.OK])):
+                if items:
+                    self._answer(sender, kind, items[0][0], items[0][1])
+                    break
+        elif errors:
+            more = f"; {len(answers[A.WARNING])} clamped" if answers[A.WARNING] else ""
+            self._answer(sender, A.ERROR, address, f"{len(errors)} of {n} matching addresses refused{more}; "
+                                                   f"first {errors[0][0]}: {errors[0][1]}")
+        elif answers[A.WARNING]:
+            w = answers[A.WARNING]
+            self._answer(sender, A.WARNING, address, f"{len(w)} of {n} matching addresses clamped; "
+                                                     f"first {w[0][0]}: {w[0][1]}")
+        return len(handlers) + cost
+
+    def _answer(self, sender: Address, kind: str, address: str, text: str) -> None:
+        {A.ERROR: self.reply_error, A.WARNING: self.reply_warning, A.OK: self.reply_ok}[kind](sender, address, text)
 
     # -- replies
     def _reply(self, sender: Optional[Address], address: str, args: Sequence) -> None:
+        """To ``sender`` within its reply budget, copied (at a bounded rate) to the listening-only
+        subscribers on its host (an oscdump beside a one-shot oscsend: subscribers that never sent
+        anything themselves); with no sender (ITO progress), to every subscriber."""
+        args = [args[0]] + [self._scrub(a) if isinstance(a, str) else a for a in args[1:]] if args else []
         data = encode_message(address, args)
-        targets = {s.address for s in self.subscribers()}
+        for sub in self.subscribers():
+            if sender is None or (sub.address[0] == sender[0] and not sub.proven and sub.address != sender):
+                if sender is None or sub.copies.take():
+                    self.udp.send(data, sub.address)
+                    self.stats.copies += sender is not None
+                else:
+                    self.stats.copies_dropped += 1
         if sender is not None:
-            targets.add(sender)
-        for t in targets:
-            self.udp.send(data, t)
+            fitted = self.budget.spend(sender, address, args)
+            if fitted is not None:
+                self.udp.send(fitted, sender)
 
     def reply_error(self, sender: Optional[Address], address: str, reason: str) -> None:
         self.stats.errors += 1
@@ -263,36 +337,43 @@ class OscServer(Subscriptions):
             raise OscReplyError(f"value is {v} (must be a finite number); nothing changed")
         return v
 
-    @staticmethod
-    def _source(sender: Address) -> str:
-        return f"osc:{sender[0]}:{sender[1]}"
+    def _source(self, sender: Address) -> str:
+        s = self._sources.get(sender)
+        if s is None:
+            if len(self._sources) >= 4096:
+                self._sources.clear()
+            s = self._sources[sender] = f"osc:{sender[0]}:{sender[1]}"
+        return s
 
     # -- handlers
     def _param_handler(self, spec: P.ParamSpec, normalized: bool = False, dialect_scale=None) -> Handler:
         unit = f" {spec.unit}" if spec.unit else ""
 
-        def handler(address: str, args: list, sender: Address, arrival: float) -> None:
+        def handler(address: str, args: list, sender: Address, arrival: float):
             if dialect_scale is not None:
                 dialect, scale = dialect_scale
                 raw = self._one_number(args)
                 real, clamped = dialect.to_real(spec, raw, scale)
                 applied = self._set(spec, real, sender, arrival)
                 if clamped:
-                    self.reply_warning(sender, address, f"{raw:g} is outside the {dialect.name} range for "
-                                                        f"{spec.key}; clamped to {applied:g}{unit}")
-                return
+                    return A.WARNING, (f"{raw:g} is outside the {dialect.name} range for {spec.key}; "
+                                       f"clamped to {applied:g}{unit}")
+                return None
             if normalized:
                 n = self._one_number(args, "a number 0…1")
                 if n < 0.0 or n > 1.0:
                     c = min(max(n, 0.0), 1.0)
                     applied = self._set(spec, spec.from_normalized(c), sender, arrival)
-                    self.reply_warning(sender, address, f"{n:g} is outside 0…1; clamped to {c:g} "
-                                                        f"({applied:g}{unit})")
-                    return
+                    return A.WARNING, f"{n:g} is outside 0…1; clamped to {c:g} ({applied:g}{unit})"
                 self._set(spec, spec.from_normalized(n), sender, arrival)
-                return
+                return None
             v = self._one_number(args, f"a number in {spec.unit or 'real units'}")
-            self._set_clamped(spec, v, sender, arrival, address=address)
+            applied, clamped = self.state.set_value(spec.key, v, self._source(sender), arrival)
+            self.stats.applied += 1
+            if clamped:
+                return A.WARNING, (f"{v:g}{unit} is outside {spec.min:g}…{spec.max:g}{unit}; "
+                                   f"clamped to {applied:g}{unit}")
+            return None
 
         return handler
 
@@ -301,17 +382,8 @@ class OscServer(Subscriptions):
         self.stats.applied += 1
         return applied
 
-    def _set_clamped(self, spec: P.ParamSpec, v: float, sender: Address, arrival: float,
-                     address: Optional[str] = None) -> None:
-        applied, clamped = self.state.set_value(spec.key, v, self._source(sender), arrival)
-        self.stats.applied += 1
-        if clamped and address is not None:
-            unit = f" {spec.unit}" if spec.unit else ""
-            self.reply_warning(sender, address, f"{v:g}{unit} is outside {spec.min:g}…{spec.max:g}{unit}; "
-                                                f"clamped to {applied:g}{unit}")
-
     def _switch_handler(self, module: str) -> Handler:
-        def handler(address: str, args: list, sender: Address, arrival: float) -> None:
+        def handler(address: str, args: list, sender: Address, arrival: float):
             if len(args) != 1:
                 raise OscReplyError(f"expected one argument (1 = on, 0 = off), got {len(args)}")
             v = args[0]
@@ -324,27 +396,6 @@ class OscServer(Subscriptions):
             self.state.set_switch(module, on, self._source(sender), arrival)
             self.stats.applied += 1
         return handler
-
-    def _on_preset_load(self, address, args, sender, arrival) -> None:
-        if self.store is None:
-            raise OscReplyError("no preset store attached to this server")
-        if len(args) != 1 or not isinstance(args[0], str):
-            raise OscReplyError("expected one string argument: the preset's name")
-        with self._preset_lock:
-            pr = self.store.get(args[0])
-            self.preset = pr
-            self.state.load(pr.chain, source=f"preset:{pr.name}")
-        self._mark_dirty([A.PRESET_CURRENT])
-        self.reply_ok(sender, address, f"loaded preset '{pr.name}'")
-
-    def _on_preset_save(self, address, args, sender, arrival) -> None:
-        if self.store is None:
-            raise OscReplyError("no preset store attached to this server")
-        if len(args) > 1 or (args and not isinstance(args[0], str)):
-            raise OscReplyError("expected no argument or one string: the preset's name")
-        name = args[0] if args else None
-        path = self.save_preset(name)
-        self.reply_ok(sender, address, f"saved preset '{self.preset.name}' to {path}")
 
     def save_preset(self, name: Optional[str] = None):
         """Save the engine's current state as a preset (the current one, or ``name``). Returns the path."""
@@ -369,77 +420,3 @@ class OscServer(Subscriptions):
         self._mark_dirty([A.PRESET_CURRENT])
         return path
 
-    def _start_ito(self, address: str, sender: Address, request_kind: str, handler: Optional[ItoHandler],
-                   steps: Optional[int], words: Optional[str]) -> None:
-        if handler is None:
-            raise OscReplyError(ITO_UNAVAILABLE)
-        if self._ito_thread is not None and self._ito_thread.is_alive():
-            raise OscReplyError("an ITO run is already in progress")
-
-        def progress(step: int, loss: float) -> None:
-            self._reply(None, A.ITO_PROGRESS, [int(step), float(loss)])
-
-        req = ItoRequest(request_kind, steps, words, self.state.snapshot(), self.preset, self.song,
-                         self.reference, progress)
-
-        def work() -> None:
-            try:
-                result = handler(req)
-            except RefmasterError as e:
-                self.reply_error(sender, address, str(e))
-                return
-            except Exception as e:  # a bug in the hook: report it, keep serving
-                traceback.print_exc(file=sys.stderr)
-                self.reply_error(sender, address, f"ITO failed ({type(e).__name__}: {e})")
-                return
-            with self._preset_lock:
-                self.state.load(result.chain, source="ito" if request_kind == "run" else f"nudge:{words}")
-                if self.preset is not None:
-                    ito = {"settings": dict(result.settings), "loss_history": list(result.loss_history)}
-                    self.preset = self.preset.updated(z_ref=result.z_ref if result.z_ref is not None
-                                                      else self.preset.z_ref, ito=ito)
-            final = f"; loss {result.loss_history[-1]:.4g}" if result.loss_history else ""
-            self.reply_ok(sender, address, f"{request_kind} done{final}")
-
-        self._ito_thread = threading.Thread(target=work, name="ito", daemon=True)
-        self._ito_thread.start()
-
-    def _on_ito(self, address, args, sender, arrival) -> None:
-        steps = None
-        if len(args) > 1:
-            raise OscReplyError("expected no argument or one integer: the number of steps")
-        if args:
-            try:
-                steps = P.check_steps(args[0], "steps")
-            except RefmasterError as e:
-                raise OscReplyError(str(e)) from None
-        self._start_ito(address, sender, "run", self.ito_handler, steps, None)
-
-    def _on_nudge(self, address, args, sender, arrival) -> None:
-        if not args or not all(isinstance(a, str) for a in args):
-            raise OscReplyError("expected words (strings), e.g. \"brighter, wider\"")
-        self._start_ito(address, sender, "nudge", self.nudge_handler, None, " ".join(args))
-
-    def _need_transport(self) -> Transport:
-        if self.transport is None:
-            raise OscReplyError("no live engine is attached to this server")
-        return self.transport
-
-    def _on_play(self, address, args, sender, arrival) -> None:
-        if args:
-            raise OscReplyError("expected no arguments")
-        self._need_transport().play()
-        self._mark_dirty([A.TRANSPORT_STATE])
-
-    def _on_stop(self, address, args, sender, arrival) -> None:
-        if args:
-            raise OscReplyError("expected no arguments")
-        self._need_transport().stop()
-        self._mark_dirty([A.TRANSPORT_STATE])
-
-    def _on_seek(self, address, args, sender, arrival) -> None:
-        s = self._one_number(args, "a position in seconds")
-        if s < 0:
-            raise OscReplyError(f"position {s:g} s is negative")
-        self._need_transport().seek(s)
-        self._mark_dirty([A.TRANSPORT_STATE])

@@ -16,9 +16,12 @@ address                                arguments                    what
 /refmaster/subscribe                   string host, int port,       push every change to host:port, after
                                        [string form]                a full dump; form: both|param|norm|<dialect>
 /refmaster/unsubscribe                 string host, int port        stop pushing
+/refmaster/auth                        string secret                when the server has a shared secret
 =====================================  ===========================  =====================================
 
-Replies (to the sender and to every subscriber): ``/refmaster/error <address> <reason>``,
+Address patterns reach the settings (param, norm, on and dialect addresses), never the commands.
+Replies — at most one per message (to the sender, a copy to the subscribers on its host):
+``/refmaster/error <address> <reason>``,
 ``/refmaster/warning <address> <reason>``, ``/refmaster/ok <address> <detail>``; a dump ends
 with ``/refmaster/dump/done <number of values>``; feedback uses the same addresses as the
 settings (``/refmaster/param/...``, ``/refmaster/norm/...``, ``/refmaster/on/...``) plus
@@ -50,6 +53,7 @@ SEEK = f"{PREFIX}/transport/seek"
 DUMP = f"{PREFIX}/dump"
 SUBSCRIBE = f"{PREFIX}/subscribe"
 UNSUBSCRIBE = f"{PREFIX}/unsubscribe"
+AUTH = f"{PREFIX}/auth"
 
 
 def param_address(spec: P.ParamSpec) -> str:
@@ -81,7 +85,8 @@ COMMANDS: Tuple[Tuple[str, str, str], ...] = (
     (DUMP, "[s host, i port]", "send every value to the sender (or to host:port)"),
     (SUBSCRIBE, "s host, i port, [s form]", "push every change to host:port (after a full dump); "
                                             "form: both (default), param, norm or a loaded dialect's name"),
-    (UNSUBSCRIBE, "s host, i port", "stop pushing changes to host:port"),
+    (UNSUBSCRIBE, "s host, i port", "stop pushing changes to host:port (only host:port itself or who subscribed it)"),
+    (AUTH, "s secret", "with serve's shared secret: authorises the rest of its bundle and its sender's address"),
 )
 
 

@@ -1,15 +1,22 @@
 """The bridge state: Θ in real units + switches, shared by the OSC server, the live engine and ITO,
-with the record of every applied change (:class:`Change`)."""
+with the record of every applied change (:class:`Change`), bounded in memory (a ring of the latest
+:data:`MAX_CHANGES_IN_MEMORY`; a reader that falls further behind is told how many it lost)."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 import time
-from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
+from collections import deque
+from typing import Callable, Deque, Dict, List, NamedTuple, Optional, Tuple
 
 from engine import params as P
 from engine.errors import ParamError
+
+#: Changes kept in memory for the record's reader (``serve``'s recorder drains them once a second);
+#: about 150 bytes each.
+MAX_CHANGES_IN_MEMORY = 50_000
 
 
 class Change(NamedTuple):
@@ -31,13 +38,17 @@ class Change(NamedTuple):
 class BridgeState:
     """Θ (real units) + switches, shared by the OSC server, the engine and ITO. Thread-safe.
 
-    Every applied change is appended to :attr:`changes` (:class:`Change` fields) and
-    reported to the listeners as a list of keys. The engine calls :meth:`take_for_block` at the
+    Every applied change is appended to :attr:`changes` (:class:`Change` fields; a ring of the
+    latest :data:`MAX_CHANGES_IN_MEMORY`, read with :meth:`changes_since`) and reported to the
+    listeners as a list of keys. A write that leaves a value as it was is no change: it is not
+    recorded and the engine does not re-render, but the listeners still hear of it (so a
+    controller that sent an out-of-range value learns the clamped one). The engine calls :meth:`take_for_block` at the
     start of every block: it gets the current parameters if anything changed, plus the arrival
     times of the messages applied since the previous block (for latency figures).
     """
 
-    def __init__(self, chain: Optional[P.ChainParams] = None, record: bool = True):
+    def __init__(self, chain: Optional[P.ChainParams] = None, record: bool = True,
+                 max_changes: int = MAX_CHANGES_IN_MEMORY):
         chain = chain or P.ChainParams.default()
         self._lock = threading.Lock()
         self._values: Dict[str, float] = dict(chain.values)
@@ -48,7 +59,8 @@ class BridgeState:
         self.version = 0
         self.t0 = time.perf_counter()
         self.record = record
-        self.changes: List[tuple] = []  # Change fields as plain tuples (see Change)
+        self.changes: Deque[tuple] = deque(maxlen=max_changes)  # Change fields as plain tuples (see Change)
+        self.changes_total = 0  # changes ever recorded (the ring holds the latest of them)
 
     def add_listener(self, fn: Callable[[List[str]], None]) -> None:
         self._listeners.append(fn)
@@ -60,6 +72,17 @@ class BridgeState:
     def _log(self, key: str, value: float, source: str, t: float) -> None:
         if self.record:
             self.changes.append((t - self.t0, time.time(), key, value, source))
+            self.changes_total += 1
+
+    def changes_since(self, seen: int) -> Tuple[List[tuple], int, int]:
+        """(the changes recorded after the first ``seen``, the new total, how many of them the
+        ring no longer holds)."""
+        with self._lock:
+            total, held = self.changes_total, len(self.changes)
+            first = total - held
+            lost = max(0, first - seen)
+            start = max(seen, first) - first
+            return list(itertools.islice(self.changes, start, None)), total, lost
 
     def set_value(self, key: str, value: float, source: str = "", arrival: Optional[float] = None) -> Tuple[float, bool]:
         """Set one parameter (clamped to its range). Returns (applied value, was clamped)."""
@@ -70,11 +93,12 @@ class BridgeState:
         applied = spec.clamp(v)
         t = arrival if arrival is not None else time.perf_counter()
         with self._lock:
-            self._values[key] = applied
-            self._dirty_engine = True
-            self._arrivals.append(t)
-            self.version += 1
-            self._log(key, applied, source, t)
+            if self._values[key] != applied:
+                self._values[key] = applied
+                self._dirty_engine = True
+                self._arrivals.append(t)
+                self.version += 1
+                self._log(key, applied, source, t)
         self._notify([key])
         return applied, applied != v
 
@@ -83,11 +107,12 @@ class BridgeState:
             raise ParamError(f"switch.{module}", f"unknown module (one of {', '.join(P.MODULES)})")
         t = arrival if arrival is not None else time.perf_counter()
         with self._lock:
-            self._switches[module] = bool(on)
-            self._dirty_engine = True
-            self._arrivals.append(t)
-            self.version += 1
-            self._log(f"switch.{module}", 1.0 if on else 0.0, source, t)
+            if self._switches[module] != bool(on):
+                self._switches[module] = bool(on)
+                self._dirty_engine = True
+                self._arrivals.append(t)
+                self.version += 1
+                self._log(f"switch.{module}", 1.0 if on else 0.0, source, t)
         self._notify([f"switch.{module}"])
 
     def load(self, chain: P.ChainParams, source: str = "") -> List[str]:

@@ -10,6 +10,8 @@ import numpy as np
 from pythonosc.osc_message_builder import OscMessageBuilder
 
 MAX_BUNDLE_DEPTH = 8
+#: Messages one packet may hold (more: the packet is refused before it is parsed).
+MAX_MESSAGES_PER_PACKET = 256
 
 
 def encode_message(address: str, args: Sequence = ()) -> bytes:
@@ -86,12 +88,14 @@ def check_message(data: bytes, start: int = 0, end: Optional[int] = None) -> Opt
     return None
 
 
-def check_packet(data: bytes, max_depth: int = MAX_BUNDLE_DEPTH) -> Optional[str]:
+def check_packet(data: bytes, max_depth: int = MAX_BUNDLE_DEPTH,
+                 max_messages: int = MAX_MESSAGES_PER_PACKET) -> Optional[str]:
     """A reason to refuse ``data`` before parsing it, or None.
 
     Walks bundles iteratively (a deeply nested bundle cannot exhaust the stack), checks that
-    every element is a message or a bundle, in bounds and 4-byte aligned, and that every
-    message's arguments fill it exactly (:func:`check_message`).
+    every element is a message or a bundle, in bounds and 4-byte aligned, that every
+    message's arguments fill it exactly (:func:`check_message`) and that there are at most
+    ``max_messages`` messages (parsing is the costly part of a flood).
     """
     if not data:
         return "empty packet"
@@ -102,6 +106,7 @@ def check_packet(data: bytes, max_depth: int = MAX_BUNDLE_DEPTH) -> Optional[str
             return "not an OSC message or bundle (must start with '/' or '#bundle')"
         return check_message(data)
     stack = [(0, len(data), 1)]
+    messages = 0
     while stack:
         start, end, depth = stack.pop()
         if depth > max_depth:
@@ -122,6 +127,9 @@ def check_packet(data: bytes, max_depth: int = MAX_BUNDLE_DEPTH) -> Optional[str
             elif head[:1] != b"/":
                 return "bundle element is neither a message nor a bundle"
             else:
+                messages += 1
+                if messages > max_messages:
+                    return f"more than {max_messages} messages in one packet"
                 problem = check_message(data, pos, pos + size)
                 if problem:
                     return problem
