@@ -108,7 +108,7 @@ class ParamSpec:
     def check(self, value) -> float:
         """Return ``value`` as a float, or raise :class:`ParamError` naming this parameter."""
         if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-            raise ParamError(self.key, f"expected a number, got {type(value).__name__} {value!r}")
+            raise ParamError(self.key, f"expected a number, got {type(value).__name__} {repr(value)[:40]}")
         value = float(value)
         if not math.isfinite(value):
             raise ParamError(self.key, f"value is {value} (must be a finite number)")
@@ -390,6 +390,10 @@ class ChainParams:
         """Parse the JSON form; every problem is a :class:`ParamError` naming the field."""
         if not isinstance(data, Mapping):
             raise ParamError("params", "expected a JSON object")
+        if data.get("schema") != SCHEMA_TAG:
+            tag = data.get("schema")
+            shown = "missing" if tag is None else f"is {repr(tag)[:40]}"
+            raise ParamError("schema", f"{shown}; a parameter set says \"schema\": \"{SCHEMA_TAG}\"")
         if "params" not in data:
             raise ParamError("params", "missing (expected {\"params\": {module: {name: value}}, \"switches\": {...}})")
         nested = data["params"]
@@ -413,24 +417,23 @@ class ChainParams:
         """Θ + switches from a JSON file (a params file or anything with a top-level "params");
         every problem is one :class:`RefmasterError` naming the file."""
 
+        from engine.io.jsonfile import read_json
+
         p = Path(path)
-        if not p.exists():
-            raise RefmasterError(f"{p}: no such parameter file")
+        data = read_json(p, "parameter file")  # too deep, huge numbers, NaN: one JsonError naming the file
         try:
-            text = p.read_text()
-        except (OSError, UnicodeDecodeError) as e:
-            raise RefmasterError(f"{p}: cannot read parameter file ({e})") from None
-        try:
-            return cls.from_json(text)
+            return cls.from_dict(data)
         except ParamError as e:
             raise ParamError(e.name, f"{e.reason} (in {p})") from None
 
     @classmethod
     def from_json(cls, text: str) -> "ChainParams":
+        from engine.io.jsonfile import JsonError, parse_json
+
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ParamError("params", f"not valid JSON ({e.msg} at line {e.lineno})") from None
+            data = parse_json(text, "parameters")
+        except JsonError as e:
+            raise ParamError("params", str(e)) from None
         return cls.from_dict(data)
 
 

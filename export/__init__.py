@@ -9,7 +9,8 @@
 * :mod:`export.onnx_chain`: the exact streaming ONNX graph, with its parameter-derived part in
   :mod:`export.onnx_coefficients` (:mod:`export.onnx_builder` writes it);
 * :mod:`export.calibrate`: CMA-ES calibration of the pedalboard chain to the Torch render;
-* :mod:`export.render`, :mod:`export.resample`: disk-to-disk streaming render (``python -m export.render``);
+* :mod:`export.render`: disk-to-disk streaming render (``python -m export.render``; it reads with
+  :mod:`engine.io.reader`, resamples with :mod:`engine.io.resample`, meters with :mod:`engine.analysis.meters`);
 * :mod:`export.checks`: the measurements of docs/export.md (`refmaster export-check`, `bench render`).
 
 export/ imports nothing of this project but engine/. Design, figures and the commands that

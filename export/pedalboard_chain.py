@@ -44,6 +44,7 @@ from engine.dsp.dynamics import CONTROL_HOP, EXP_RATIO_FLOOR, RMS_WINDOW_MS, TOR
 from engine.dsp.filters import crossover_sections
 from engine.errors import ParamError, RefmasterError
 from engine.io.atomic import atomic_write_text
+from engine.io.jsonfile import read_json
 from engine.params import SAMPLE_RATE
 from export.streaming import StreamingChain
 
@@ -166,12 +167,7 @@ class PedalboardSettings:
     @classmethod
     def load(cls, path) -> "PedalboardSettings":
         p = Path(path)
-        if not p.exists():
-            raise RefmasterError(f"{p}: no such pedalboard chain file")
-        try:
-            data = json.loads(p.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise RefmasterError(f"{p}: not a readable JSON file ({e})") from None
+        data = read_json(p, "pedalboard chain file")  # the one JSON reader: depth, huge numbers, damage
         try:
             return cls.from_dict(data)
         except ParamError as e:

@@ -4,7 +4,7 @@
 the file is at another rate, runs the chain block by block,
 compensates the chain's latency (the first ``latency`` output samples are dropped and the chain
 is flushed at the end), resamples back and writes 24-bit wav or flac at the input's rate and
-exact length. Resampling (:class:`export.resample.StreamingResampler`) equals the offline
+exact length. Resampling (:class:`engine.io.resample.StreamingResampler`) equals the offline
 render's ``resample_poly``. Memory does not grow with the file: a 60-minute file is never in
 memory whole (docs/export.md has the measured peak).
 
@@ -15,13 +15,12 @@ that turns out silent) stops it and removes the partial output. The output is wr
 temporary file and renamed into place at the end, so it either appears complete or not at all.
 
 Loudness before and after (BS.1770, as pyloudnorm) and the output's true peak are measured on
-the fly (:class:`LoudnessMeter`, :class:`TruePeakMeter`).
+the fly (:mod:`engine.analysis.meters`); the input is read by :class:`engine.io.reader.AudioReader`.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 from dataclasses import dataclass
@@ -29,126 +28,22 @@ from pathlib import Path
 from typing import List, Optional, Sequence
 
 import numpy as np
-import pyloudnorm
 import soundfile as sf
-from scipy.signal import lfilter, resample_poly
 from tqdm import tqdm
 
 from engine import params as P
+from engine.analysis.meters import LoudnessMeter, TruePeakMeter
 from engine.errors import AudioError, RefmasterError
 from engine.io.atomic import atomic_path
-from engine.io.audio import (MIN_SECONDS, SILENCE_PEAK, WRITE_EXTENSIONS, check_header, check_mp3_length, check_path,
-                             decode_error)
+from engine.io.audio import WRITE_EXTENSIONS
+from engine.io.reader import AudioReader
+from engine.io.resample import StreamingResampler
 from engine.params import SAMPLE_RATE
 from export.factory import make_chain
-from export.resample import StreamingResampler
 from export.streaming import BACKENDS, StreamingChain
 
 #: Largest block read from or written to disk at once (samples at the file's rate).
 IO_BLOCK = 1 << 16
-
-
-class LoudnessMeter:
-    """BS.1770 integrated loudness of a stream, equal to pyloudnorm's ``integrated_loudness``.
-
-    K-weighting with pyloudnorm's own filters (carried state), mean square per 100 ms step,
-    400 ms gating blocks with 75 % overlap built from four steps, absolute and relative gates.
-    """
-
-    def __init__(self, sample_rate: int = SAMPLE_RATE):
-        meter = pyloudnorm.Meter(sample_rate)
-        self._filters = [(f.b, f.a) for f in meter._filters.values()]
-        self._zi = [np.zeros((2, len(a) - 1)) for _, a in self._filters]
-        self.rate = sample_rate
-        self.step = int(round(0.1 * sample_rate))
-        self._sums: List[np.ndarray] = []    # per 100 ms step: sum of squares per channel
-        self._partial = np.zeros(2)
-        self._partial_n = 0
-        self.samples = 0
-
-    def add(self, x: np.ndarray) -> None:
-        y = np.asarray(x, dtype=np.float64)
-        for i, (b, a) in enumerate(self._filters):
-            y, self._zi[i] = lfilter(b, a, y, axis=-1, zi=self._zi[i])
-        self.samples += y.shape[1]
-        pos = 0
-        while pos < y.shape[1]:
-            take = min(self.step - self._partial_n, y.shape[1] - pos)
-            self._partial += np.square(y[:, pos:pos + take]).sum(axis=1)
-            self._partial_n += take
-            pos += take
-            if self._partial_n == self.step:
-                self._sums.append(self._partial)
-                self._partial, self._partial_n = np.zeros(2), 0
-
-    def integrated(self) -> float:
-        """LUFS (−inf for silence), with pyloudnorm's block layout: blocks every 100 ms."""
-        sums = self._sums + ([self._partial] if self._partial_n else [])
-        block = 4 * self.step
-        duration = self.samples / self.rate
-        if duration < 0.4:
-            return float("-inf")
-        n_blocks = int(round((duration - 0.4) / (0.4 * 0.25))) + 1
-        energies = []
-        for j in range(n_blocks):
-            start, stop = j * self.step, j * self.step + block
-            stop = min(stop, self.samples)
-            parts = sums[j:j + 4]
-            if not parts or stop <= start:
-                continue
-            energies.append(np.sum(parts, axis=0) / (stop - start))
-        z = np.array(energies)
-        with np.errstate(divide="ignore"):
-            loud = -0.691 + 10.0 * np.log10(z.sum(axis=1))
-        z = z[loud >= -70.0]
-        if len(z) == 0:
-            return float("-inf")
-        rel = -0.691 + 10.0 * np.log10(z.mean(axis=0).sum()) - 10.0
-        with np.errstate(divide="ignore"):
-            loud = -0.691 + 10.0 * np.log10(z.sum(axis=1))
-        z = z[loud > rel]
-        if len(z) == 0:
-            return float("-inf")
-        return float(-0.691 + 10.0 * np.log10(z.mean(axis=0).sum()))
-
-
-class TruePeakMeter:
-    """4x oversampled peak of a stream, as :func:`engine.analysis.features.true_peak_db`.
-
-    Each block is upsampled together with ``CONTEXT`` samples on either side (the polyphase
-    filter's reach), so block edges do not change the result.
-    """
-
-    CONTEXT = 64
-
-    def __init__(self):
-        self._tail = np.zeros((2, 0))
-        self._pending = np.zeros((2, 0))
-        self.peak = 0.0
-
-    def _measure(self, left: np.ndarray, body: np.ndarray, right: np.ndarray) -> None:
-        if body.shape[1] == 0:
-            return
-        seg = np.concatenate([left, body, right], axis=1)
-        up = resample_poly(seg, 4, 1, axis=-1)
-        a = 4 * left.shape[1]
-        self.peak = max(self.peak, float(np.abs(up[:, a:a + 4 * body.shape[1]]).max()))
-
-    def add(self, x: np.ndarray) -> None:
-        x = np.asarray(x, dtype=np.float64)
-        data = np.concatenate([self._pending, x], axis=1)
-        if data.shape[1] <= self.CONTEXT:
-            self._pending = data
-            return
-        body, right = data[:, :-self.CONTEXT], data[:, -self.CONTEXT:]
-        self._measure(self._tail, body, right)
-        self._tail = np.concatenate([self._tail, body], axis=1)[:, -self.CONTEXT:]
-        self._pending = right
-
-    def db(self) -> float:
-        self._measure(self._tail, self._pending, np.zeros((2, 0)))
-        self._pending = np.zeros((2, 0))
-        return 20.0 * math.log10(max(self.peak, 1e-10))
 
 
 @dataclass
@@ -171,56 +66,6 @@ class RenderReport:
         return self.seconds / max(self.wall_seconds, 1e-9)
 
 
-class _Reader:
-    """Blocks of ``(2, n)`` float32 at the file's rate, with the checks of ``load_audio``."""
-
-    def __init__(self, path):
-        self.path = check_path(path)
-        try:
-            self.file = sf.SoundFile(str(self.path))
-        except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as e:
-            raise decode_error(self.path, e) from None
-        self.rate, self.channels, self.format = self.file.samplerate, self.file.channels, self.file.format
-        self.declared_frames = self.file.frames
-        try:
-            check_header(self.path, self.channels, self.format)
-        except AudioError:
-            self.file.close()
-            raise
-        if self.declared_frames < MIN_SECONDS * self.rate and self.format != "MP3":
-            self.file.close()
-            raise AudioError(f"{self.path}: is {self.declared_frames / self.rate:.2f} s long; "
-                             f"at least {MIN_SECONDS:g} s is needed")
-        self.frames_read = 0
-        self.peak = 0.0
-
-    def read(self, n: int) -> np.ndarray:
-        try:
-            data = self.file.read(n, dtype="float32", always_2d=True)
-        except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as e:
-            raise decode_error(self.path, e) from None
-        if not np.isfinite(data).all():
-            raise AudioError(f"{self.path}: contains NaN or infinite samples")
-        self.frames_read += data.shape[0]
-        x = data.T
-        if self.channels == 1:
-            x = np.repeat(x, 2, axis=0)
-        if x.shape[1]:
-            self.peak = max(self.peak, float(np.abs(x).max()))
-        return np.ascontiguousarray(x)
-
-    def finish(self) -> None:
-        """End-of-file checks: a truncated mp3, too short, silent."""
-        self.file.close()
-        check_mp3_length(self.path, self.format, self.declared_frames, self.frames_read, self.rate)
-        if self.frames_read == 0:
-            raise AudioError(f"{self.path}: contains no audio samples")
-        if self.frames_read < MIN_SECONDS * self.rate:
-            raise AudioError(f"{self.path}: is {self.frames_read / self.rate:.2f} s long; at least {MIN_SECONDS:g} s is needed")
-        if self.peak < SILENCE_PEAK:
-            raise AudioError(f"{self.path}: is silent (peak below -120 dBFS); there is nothing to analyse or master")
-
-
 def render_file(input_path, output_path, chain: StreamingChain, block: int = 512, progress: bool = True) -> RenderReport:
     """Stream ``input_path`` through ``chain`` in blocks of ``block`` samples (at 44.1 kHz) into
     ``output_path`` (24-bit wav or flac, the input's rate and length). See the module docstring.
@@ -236,7 +81,7 @@ def render_file(input_path, output_path, chain: StreamingChain, block: int = 512
         raise AudioError(f"{out}: folder {out.parent} does not exist")
     if block < 1:
         raise AudioError(f"--block must be at least 1 sample, got {block}")
-    reader = _Reader(input_path)
+    reader = AudioReader(input_path)
     rate = reader.rate
     to_44k = StreamingResampler(rate, SAMPLE_RATE) if rate != SAMPLE_RATE else None
     from_44k = StreamingResampler(SAMPLE_RATE, rate) if rate != SAMPLE_RATE else None

@@ -11,6 +11,7 @@ the samples slightly (16-bit vs 24-bit, a good lossy encode) flip a few bits, so
 
 from __future__ import annotations
 
+import re
 from typing import Optional, Tuple
 
 import numpy as np
@@ -66,7 +67,8 @@ def fingerprint(audio: np.ndarray) -> str:
 
 def _parse_fp(fp: str) -> Optional[Tuple[int, np.ndarray]]:
     parts = fp.split(":") if isinstance(fp, str) else []
-    if len(parts) != 3 or parts[0] != FP_VERSION or not parts[1].isdigit():
+    # ASCII digits, a few of them: str.isdigit() accepts "²", and int() refuses 5,000 digits
+    if len(parts) != 3 or parts[0] != FP_VERSION or not re.fullmatch(r"[0-9]{1,9}", parts[1]):
         return None
     try:
         raw = bytes.fromhex(parts[2])

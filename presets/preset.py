@@ -20,6 +20,7 @@ import json
 import math
 import os
 import re
+import unicodedata
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,12 +30,18 @@ import numpy as np
 
 from engine import params as P
 from engine.errors import ParamError, RefmasterError
+from engine.io.jsonfile import JsonError, read_json
 from presets.fingerprint import FP_VERSION, _parse_fp, fingerprints_match, short_fingerprint
 
 SCHEMA_NAME = "refmaster.preset"
 SCHEMA_VERSION = 1
 SCHEMA_TAG = f"{SCHEMA_NAME}/{SCHEMA_VERSION}"
 MAX_NAME_LEN = 120
+#: Longest file name (UTF-8 bytes, without ".json") a preset is stored under: file systems allow
+#: 255 bytes per name, and the atomic write's temporary file adds about 20 (120 emoji are 480).
+MAX_STEM_BYTES = 200
+#: Characters that reorder how text is displayed (Unicode bidirectional controls).
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
 
 PathLike = Union[str, os.PathLike]
 
@@ -49,21 +56,31 @@ def now_iso() -> str:
 
 def _check_name(name) -> str:
     if not isinstance(name, str) or not name.strip():
-        raise PresetError(f"preset name {name!r}: must be a non-empty string")
+        raise PresetError(f"preset name {str(name)[:40]!r}: must be a non-empty string")
     name = name.strip()
     if len(name) > MAX_NAME_LEN:
         raise PresetError(f"preset name {name[:40]!r}...: longer than {MAX_NAME_LEN} characters")
-    if any(ord(c) < 32 or ord(c) == 127 for c in name):
-        raise PresetError(f"preset name {name!r}: contains control characters")
+    if any(unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") for c in name):
+        raise PresetError(f"preset name {name[:40]!r}: contains control characters, line breaks or lone surrogates")
+    if any(c in BIDI_CONTROLS for c in name):
+        # U+202E and friends make a name display as something else (in lists, OSC replies, file names)
+        raise PresetError(f"preset name {ascii(name[:40])}: contains bidirectional text controls "
+                          f"(U+200E/F, U+202A-E, U+2066-9, U+061C)")
+    stem_bytes = len(_stem(name).encode("utf-8"))
+    if stem_bytes > MAX_STEM_BYTES:
+        raise PresetError(f"preset name {name[:20]!r}...: its file name would be {stem_bytes} bytes long "
+                          f"(at most {MAX_STEM_BYTES}); choose a shorter name")
     return name
+
+
+def _stem(name: str) -> str:
+    s = "".join("_" if (c in '/\\:*?"<>|' or ord(c) < 32) else c for c in name)
+    return "_" + s[1:] if s.startswith(".") else s
 
 
 def file_stem(name: str) -> str:
     """The file name (without .json) a preset called ``name`` is stored under."""
-    s = "".join("_" if (c in '/\\:*?"<>|' or ord(c) < 32) else c for c in _check_name(name))
-    if s.startswith("."):
-        s = "_" + s[1:]
-    return s
+    return _stem(_check_name(name))
 
 
 def _float_list(value, what: str) -> Optional[List[float]]:
@@ -190,7 +207,7 @@ class Preset:
                     "modified", "notes"}
         unknown = set(data) - expected
         if unknown:
-            raise PresetError(f"{source}: unknown fields {sorted(unknown)}")
+            raise PresetError(f"{source}: unknown fields {sorted(map(str, unknown))[:5]}")
         ref = data.get("reference") or {}
         if not isinstance(ref, Mapping) or set(ref) - {"file", "fingerprint"}:
             raise PresetError(f"{source}: 'reference' must be {{\"file\": ..., \"fingerprint\": ...}}")
@@ -208,21 +225,14 @@ class Preset:
 
     @classmethod
     def from_file(cls, path: PathLike, factory: bool = False) -> "Preset":
+        """Read a preset file; anything wrong with it (unreadable, not JSON, too deep, huge
+        numbers, wrong types, not a preset) is one :class:`PresetError` naming the file."""
         p = Path(path)
         try:
-            text = p.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise PresetError(f"{p}: no such preset file") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise PresetError(f"{p}: cannot read ({e})") from None
-        if not text.strip():
-            raise PresetError(f"{p}: file is empty")
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise PresetError(f"{p}: not valid JSON ({e.msg} at line {e.lineno} column {e.colno}); "
-                              f"the file is damaged or truncated") from None
-        preset = cls.from_dict(data, str(p), default_name=p.stem)
+            data = read_json(p, "preset file")
+        except JsonError as e:
+            raise PresetError(str(e)) from None
+        preset = cls.from_dict(data, str(p), default_name=p.stem)  # checks every field's type (fuzz-tested)
         preset.path = p
         preset.factory = factory
         return preset
@@ -233,9 +243,11 @@ def schema_version(data: Mapping, source: str = "preset") -> int:
     tag = data.get("schema")
     if tag == P.SCHEMA_TAG:
         return 0
-    m = re.fullmatch(re.escape(SCHEMA_NAME) + r"/(\d+)", tag) if isinstance(tag, str) else None
+    # at most 6 ASCII digits: int() of a 5,000-digit version would raise, not refuse
+    m = re.fullmatch(re.escape(SCHEMA_NAME) + r"/([0-9]{1,6})", tag) if isinstance(tag, str) else None
     if not m:
-        raise PresetError(f"{source}: not a refmaster preset (schema {tag!r}; expected {SCHEMA_TAG!r})")
+        shown = repr(tag)[:60] + ("..." if len(repr(tag)) > 60 else "")
+        raise PresetError(f"{source}: not a refmaster preset (schema {shown}; expected {SCHEMA_TAG!r})")
     return int(m.group(1))
 
 

@@ -48,7 +48,7 @@ from typing import Dict, List, Optional, Tuple
 
 from filelock import FileLock, Timeout
 
-from engine.io.atomic import atomic_write_text
+from engine.io.atomic import atomic_write_text, check_output, folder_unwritable
 from presets.fingerprint import fingerprint_bit_error, fingerprints_match, short_fingerprint
 from presets.preset import PathLike, Preset, PresetError, _check_name, _valid_name, file_stem, now_iso
 
@@ -160,6 +160,13 @@ class PresetStore:
         return best
 
     # -- writing
+    def check_writable(self) -> None:
+        """Refuse now, with one line, a presets folder that a later save could not write to
+        (read-only, not creatable): `master` calls it before its work, not after."""
+        reason = folder_unwritable(self.directory)
+        if reason:
+            raise PresetError(f"{self.directory}: presets cannot be saved there ({reason})")
+
     def _lock(self) -> FileLock:
         self.directory.mkdir(parents=True, exist_ok=True)
         return FileLock(str(self.directory / ".lock"), timeout=LOCK_TIMEOUT_S)
@@ -276,7 +283,6 @@ class PresetStore:
         out = Path(path)
         if out.is_dir():
             out = out / f"{file_stem(pr.name)}.json"
-        if not out.parent.is_dir():
-            raise PresetError(f"{out}: folder {out.parent} does not exist")
+        check_output(out, (pr.path,), "export")
         atomic_write_text(out, pr.to_json())
         return out

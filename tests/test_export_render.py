@@ -14,7 +14,7 @@ from engine import params as P
 from engine.io.audio import resample
 from export import checks
 from export.render import LoudnessMeter, TruePeakMeter
-from export.resample import StreamingResampler
+from engine.io.resample import StreamingResampler
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,9 @@ from pathlib import Path
 from bridge.cli.options import add_presets_option
 from engine import params as P
 from engine.errors import AudioError, RefmasterError
-from engine.io.audio import READ_EXTENSIONS, load_audio, write_audio
+from engine.io.atomic import atomic_write_text, check_output
+from engine.io.audio import MIN_SECONDS, READ_EXTENSIONS, WRITE_EXTENSIONS, load_audio, write_audio
+from engine.io.jsonfile import dumps_strict  # --json is strict JSON: null, never NaN
 
 
 def cmd_params(args) -> int:
@@ -22,22 +24,29 @@ def cmd_params(args) -> int:
 
 
 def cmd_analyze(args) -> int:
-    from bridge.cli.report import analysis_table, plot_analysis
-    from engine.analysis.features import analyze
+    """The file is read and measured in blocks: bounded memory for any length."""
+    from bridge.cli.report import analysis_table, check_plot_path, plot_analysis
+    from engine.analysis.features import Analysis
+    from engine.io.reader import AudioReader
 
-    loaded = load_audio(args.file)
-    result = analyze(loaded.audio)
-    result["file"] = str(loaded.path)
-    result["source_sample_rate"] = loaded.source_rate
-    result["source_channels"] = loaded.source_channels
-    if args.json:
-        print(json.dumps(result, indent=2))
-    else:
-        print(f"{loaded.path}  ({loaded.seconds:.1f} s; source {loaded.source_rate} Hz, "
-              f"{'mono' if loaded.source_channels == 1 else 'stereo'})")
-        print(analysis_table([result], [loaded.path.name]))
     if args.plot:
-        plot_analysis(args.plot, [result], [loaded.path.name])
+        check_plot_path(args.plot, (args.file,))
+    reader = AudioReader(args.file)
+    analysis = Analysis()
+    for block in reader.blocks():
+        analysis.add(block)
+    result = analysis.result()
+    result["file"] = str(reader.path)
+    result["source_sample_rate"] = reader.rate
+    result["source_channels"] = reader.channels
+    if args.json:
+        print(dumps_strict(result, indent=2))
+    else:
+        print(f"{reader.path}  ({result['duration_s']:.1f} s; source {reader.rate} Hz, "
+              f"{'mono' if reader.channels == 1 else 'stereo'})")
+        print(analysis_table([result], [reader.path.name]))
+    if args.plot:
+        plot_analysis(args.plot, [result], [reader.path.name])
         print(f"plot: {args.plot}", file=sys.stderr)
     return 0
 
@@ -78,6 +87,7 @@ def cmd_render(args) -> int:
     out = Path(args.output)
     if out.suffix.lower() not in (".wav", ".flac"):
         raise AudioError(f"{out}: output must be .wav or .flac")
+    check_output(out, (args.input, args.params, args.onnx, args.pedalboard))
     if args.block < 1:
         raise RefmasterError(f"--block must be at least 1, got {args.block}")
     streaming = make_chain(args.backend, chain, onnx_model=args.onnx, pedalboard_settings=args.pedalboard)
@@ -94,8 +104,11 @@ def cmd_render(args) -> int:
 def cmd_synth(args) -> int:
     from engine.model.synth import synth_song_with_info
 
-    if args.seconds <= 0 or args.seconds > 3600:
-        raise RefmasterError("--seconds must be between 0 and 3600")
+    if not MIN_SECONDS <= args.seconds <= 3600:  # also refuses nan
+        raise RefmasterError(f"--seconds must be between {MIN_SECONDS:g} and 3600, got {args.seconds:g}")
+    if Path(args.output).suffix.lower() not in WRITE_EXTENSIONS:
+        raise AudioError(f"{args.output}: output must be .wav or .flac")
+    check_output(args.output)
     audio, info = synth_song_with_info(args.seed, args.seconds)
     write_audio(args.output, audio)
     print(f"{args.output}: {info.describe()}, {args.seconds:g} s")
@@ -110,6 +123,7 @@ def cmd_fxnorm_stats(args) -> int:
     folder = Path(args.folder)
     if not folder.is_dir():
         raise RefmasterError(f"{folder}: not a folder")
+    out = check_output(Path(args.output) if args.output else STATS_PATH)
     if args.corpus:
         from engine.model.corpus import split_files
 
@@ -120,8 +134,7 @@ def cmd_fxnorm_stats(args) -> int:
         raise RefmasterError(f"{folder}: no audio files ({', '.join(READ_EXTENSIONS)})")
     songs = ((f.name, load_audio(f).audio) for f in tqdm(files, desc="analysing", unit="song"))
     stats = compute_stats(songs)
-    out = Path(args.output) if args.output else STATS_PATH
-    out.write_text(json.dumps(stats, indent=1) + "\n")
+    atomic_write_text(out, json.dumps(stats, indent=1) + "\n")
     print(f"{out}: {len(stats['songs'])} songs, target {stats['loudness_lufs']:.1f} LUFS, "
           f"side/mid {stats['side_mid_ratio']:.3f}")
     return 0

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from engine import params as P
 from engine.errors import RefmasterError
+from engine.io.jsonfile import dumps_strict  # --json is strict JSON: null, never NaN
 
 COLUMNS = [("af", "AF", "{:.4f}"), ("d_drv", "ΔDRV dB", "{:.2f}"), ("d_lufs", "ΔLUFS", "{:.2f}"),
            ("bark_db", "bark dB", "{:.2f}"), ("d_width", "Δwidth", "{:.3f}"), ("seconds", "s/track", "{:.1f}")]
@@ -63,7 +63,7 @@ def cmd_eval(args) -> int:
     except FileNotFoundError as e:
         raise RefmasterError(str(e)) from None
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(dumps_strict(result, indent=2))
     else:
         print(format_table(result))
     return 0
@@ -81,7 +81,7 @@ def cmd_eval_nudges(args) -> int:
     except FileNotFoundError as e:
         raise RefmasterError(str(e)) from None
     if args.json:
-        print(json.dumps(r, indent=2))
+        print(dumps_strict(r, indent=2))
         return 0
     print(f"nudges on {len(r['songs'])} songs ({r['seconds']:g} s from the middle, each mastered towards the next "
           f"without ITO, {r['steps']} nudge steps); how far each moved its feature the right way "

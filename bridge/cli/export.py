@@ -3,14 +3,14 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 from bridge.cli.options import DEFAULT_MUSIC, add_presets_option
 from engine import params as P
 from engine.errors import RefmasterError
-from engine.io.atomic import atomic_write_bytes
+from engine.io.atomic import atomic_write_bytes, check_output
+from engine.io.jsonfile import JsonError, read_json
 from engine.params import SAMPLE_RATE
 
 
@@ -21,9 +21,9 @@ def resolve_chain(source: str, presets_dir=None) -> P.ChainParams:
         if not path.exists():
             raise RefmasterError(f"{path}: no such parameter or preset file")
         try:
-            data = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            data = None
+            data = read_json(path)
+        except JsonError:
+            data = None  # ChainParams.load below says what is wrong with it
         if isinstance(data, dict) and str(data.get("schema", "")).startswith("refmaster.preset"):
             from presets import Preset
 
@@ -34,21 +34,20 @@ def resolve_chain(source: str, presets_dir=None) -> P.ChainParams:
     return PresetStore(presets_dir).get(source).chain
 
 
-def _check_out(path, ext: str) -> Path:
+def _check_out(path, ext: str, inputs) -> Path:
     p = Path(path)
     if p.suffix.lower() != ext:
         raise RefmasterError(f"{p}: expected a {ext} file name")
-    if p.parent and not p.parent.exists():
-        raise RefmasterError(f"{p}: folder {p.parent} does not exist")
-    return p
+    return check_output(p, inputs)
 
 
 def cmd_export(args) -> int:
     if not args.onnx and not args.pedalboard:
         raise RefmasterError("nothing to export: give --onnx FILE.onnx and/or --pedalboard FILE.json")
     chain = resolve_chain(args.source, args.presets)
-    onnx_out = _check_out(args.onnx, ".onnx") if args.onnx else None
-    pb_out = _check_out(args.pedalboard, ".json") if args.pedalboard else None
+    inputs = (args.source, args.calibrate_on)
+    onnx_out = _check_out(args.onnx, ".onnx", inputs) if args.onnx else None
+    pb_out = _check_out(args.pedalboard, ".json", inputs) if args.pedalboard else None
     if onnx_out:
         from export.onnx_chain import CHAIN_LATENCY, OPSET, STATE_SIZE, build_model
         from export.onnx_stream import OnnxStreamingChain

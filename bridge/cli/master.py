@@ -9,7 +9,6 @@ at the very end, so Ctrl-C during ITO leaves no half-written file.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -23,6 +22,7 @@ from engine import runtime
 from engine.errors import AudioError, RefmasterError
 from engine.runtime import check_threads, use_threads
 from engine.io.audio import SAMPLE_RATE, load_audio, resample, write_audio
+from engine.io.jsonfile import dumps_strict  # --json is strict JSON: null, never NaN
 
 #: The shortest input/reference `master` accepts (ITO needs a little material).
 MIN_MASTER_SECONDS = 1.0
@@ -55,23 +55,29 @@ def _settings(args):
 def _inputs(args):
     """Everything checked and loaded before the heavy work: output path, settings, the three
     tracks, the preset store and an existing preset for this reference."""
+    from bridge.cli.report import check_plot_path
+    from engine.io.atomic import check_output
     from engine.mastering.nudge import parse_nudges
     from presets import PresetStore, fingerprint
 
     out = Path(args.output)
     if out.suffix.lower() not in (".wav", ".flac"):
         raise AudioError(f"{out}: output must be .wav or .flac")
-    if not out.parent.exists():
-        raise AudioError(f"{out}: folder {out.parent} does not exist")
+    inputs = (args.input, args.ref, args.ito_ref, args.weights)
+    check_output(out, inputs)  # before ~20 s of work: never over an input, never unwritable
+    if args.plot:
+        check_plot_path(args.plot, inputs + (out,))
     if args.nudge:
         parse_nudges(args.nudge)  # fail before the heavy work
     settings = _settings(args)
     if args.ito_target == "params" and args.model != "white-box":
         raise RefmasterError("--ito-target params needs --model white-box (the black-box model has no parameters)")
+    store = PresetStore(args.presets)
+    if args.model == "white-box":
+        store.check_writable()  # the preset is saved after the work: a folder that refuses it says so now
     x = load_audio(args.input, min_seconds=MIN_MASTER_SECONDS)
     ref = load_audio(args.ref, min_seconds=MIN_MASTER_SECONDS)
     ito_ref = load_audio(args.ito_ref, min_seconds=MIN_MASTER_SECONDS) if args.ito_ref else None
-    store = PresetStore(args.presets)
     fp = fingerprint(ref.audio)
     existing = store.find_by_fingerprint(fp)
     z_start = None
@@ -181,7 +187,7 @@ def cmd_master(args) -> int:
         "threads": choice.as_dict(),
     }
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(dumps_strict(report, indent=2))
         return 0
     if result.chain is not None:
         print(params_change_table(result.chain_before_ito, result.chain))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from engine.errors import RefmasterError
 
@@ -47,11 +46,11 @@ def cmd_layout(args) -> int:
 
     if not args.open_stage_control:
         raise RefmasterError("say which layout to write: --open-stage-control FILE")
-    out = Path(args.open_stage_control)
-    if out.parent and not out.parent.is_dir():
-        raise RefmasterError(f"{out}: folder {out.parent} does not exist")
+    from engine.io.atomic import atomic_write_text, check_output
+
+    out = check_output(args.open_stage_control)
     session = open_stage_control_layout(args.host, args.port, args.form)
-    out.write_text(json.dumps(session, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    atomic_write_text(out, json.dumps(session, indent=1, ensure_ascii=False) + "\n")
     n = sum(len(t["widgets"][1]["widgets"]) for t in session["content"]["tabs"])
     print(f"{out}: Open Stage Control session, {len(session['content']['tabs'])} tabs, {n} faders, "
           f"sending to {args.host}:{args.port}")

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from engine.errors import UsageError
+from engine.io.atomic import atomic_path, check_output
 from engine.params import SAMPLE_RATE
+
+#: What ``--plot`` can write (matplotlib picks the format by the extension).
+PLOT_FORMATS = (".png", ".pdf", ".svg", ".jpg", ".jpeg")
 
 ANALYSIS_ROWS = [
     ("loudness_lufs", "loudness", "LUFS", "{:.1f}"),
@@ -38,6 +44,14 @@ def analysis_table(results: Sequence[Dict[str, object]], names: Sequence[str]) -
     lines.append("bark balance, mid (dB relative to the mean band level)")
     lines.extend(bark_bars(results, names))
     return "\n".join(lines)
+
+
+def check_plot_path(path, inputs=()) -> Path:
+    """A ``--plot`` file checked before any work: a known format, not an input, writable."""
+    p = Path(path)
+    if p.suffix.lower() not in PLOT_FORMATS:
+        raise UsageError(f"{p}: a plot is {', '.join(f.lstrip('.') for f in PLOT_FORMATS)} (by its extension)")
+    return check_output(p, inputs, "plot")
 
 
 def bark_bars(results: Sequence[Dict[str, object]], names: Sequence[str]) -> List[str]:
@@ -76,7 +90,8 @@ def plot_analysis(path, results: Sequence[Dict[str, object]], names: Sequence[st
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path, suffix=Path(path).suffix) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
 
 
@@ -154,7 +169,8 @@ def plot_master(path, x, y, ref, analyses) -> None:
     for a in ax.flat:
         a.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_path(path, suffix=Path(path).suffix) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
 
 

@@ -159,6 +159,7 @@ def cmd_serve(args) -> int:
     from bridge.osc.dialects import Dialect, parse_vars
     from bridge.osc.server import OscServer
     from bridge.osc.state import BridgeState
+    from engine.io.atomic import check_output
     from engine.io.audio import load_audio
     from presets import Preset, PresetStore
 
@@ -169,6 +170,10 @@ def cmd_serve(args) -> int:
     if args.allow:
         AllowList(args.allow)           # a bad network is one line, before any work
     secret = read_secret(args.secret_file)
+    inputs = (args.input, args.ref, args.preset, args.onnx_model, args.pedalboard_settings)
+    record = check_output(args.record or f"{Path(args.input).stem}.changes.jsonl", inputs, "change record")
+    if args.output:
+        check_output(args.output, inputs + (record,))
     store = PresetStore(args.presets)
     pf = Path(args.preset)
     preset = Preset.from_file(pf) if pf.suffix == ".json" and pf.is_file() else store.get(args.preset)
@@ -180,9 +185,6 @@ def cmd_serve(args) -> int:
                            pedalboard_settings=args.pedalboard_settings)
     engine = LiveEngine(song.audio, backend, state, args.block, loop=not args.no_loop, playing=not args.paused)
     use_jack = args.jack == "on" or (args.jack == "auto" and jack_available(args.jack_server))
-    record = Path(args.record) if args.record else Path(f"{song.path.stem}.changes.jsonl")
-    if not record.parent.is_dir():
-        raise RefmasterError(f"{record}: folder {record.parent} does not exist")
     ito, nudge = ito_handlers(preset, song.audio, reference)
     server = OscServer(state, args.osc_host, args.osc_port, store=store, preset=preset, ito_handler=ito,
                        nudge_handler=nudge, transport=engine, dialects=dialects, song=song.audio,

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
 from bridge.cli.options import DEFAULT_MUSIC as DEFAULT_DATA
 from engine.errors import RefmasterError
+from engine.io.jsonfile import dumps_strict  # --json is strict JSON: null, never NaN
 
 
 def _device(name: str) -> str:
@@ -41,7 +41,7 @@ def cmd_train(args) -> int:
     corpus = Path(args.corpus) if args.corpus else None
     summary = train(cfg, out, data, device=device, resume=not args.fresh, minutes=args.minutes, corpus=corpus,
                     stats_path=Path(args.fxnorm_stats) if args.fxnorm_stats else None)
-    print(json.dumps({k: summary[k] for k in ("kind", "steps", "wall_time_s", "val_loss", "val_unprocessed_loss",
+    print(dumps_strict({k: summary[k] for k in ("kind", "steps", "wall_time_s", "val_loss", "val_unprocessed_loss",
                                               "val_ratio_median")}, indent=2))
     print(f"weights: {out / (args.model + '.safetensors')}; curves: {out / 'loss.png'}, {out / 'train.csv'}")
     return 0
@@ -89,7 +89,7 @@ def cmd_eval_synthetic(args) -> int:
         if args.rows:
             report[kind]["synthetic_rows"] = syn["rows"]
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(dumps_strict(report, indent=2))
         return 0
     for kind, r in report.items():
         s = r["synthetic"]

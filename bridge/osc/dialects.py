@@ -28,7 +28,6 @@ addresses as input and pushes changes in it to subscribers that ask for it by na
 
 from __future__ import annotations
 
-import json
 import string
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,14 +89,12 @@ class Dialect:
             if not p.exists():
                 raise DialectError(f"unknown dialect '{name_or_path}' (built in: {', '.join(builtin_dialects())}; "
                                    f"or give a mapping file)")
+        from engine.io.jsonfile import JsonError, read_json
+
         try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise DialectError(f"{p}: no such dialect file") from None
-        except (OSError, UnicodeDecodeError) as e:
-            raise DialectError(f"{p}: cannot read ({e})") from None
-        except json.JSONDecodeError as e:
-            raise DialectError(f"{p}: not valid JSON ({e.msg} at line {e.lineno})") from None
+            data = read_json(p, "dialect file")  # depth, huge numbers: one line, as any damage
+        except JsonError as e:
+            raise DialectError(str(e)) from None
         return cls.from_dict(data, str(p), variables)
 
     @classmethod
@@ -114,9 +111,9 @@ class Dialect:
             raise DialectError(f"{source}: 'name' must be a word (letters, digits, - and _)")
         if name in ("both", "param", "norm"):
             raise DialectError(f"{source}: name {name!r} is reserved")
-        var = dict(data.get("variables") or {})
-        if not isinstance(data.get("variables", {}), Mapping):
+        if not isinstance(data.get("variables") or {}, Mapping):
             raise DialectError(f"{source}: 'variables' must be an object")
+        var = dict(data.get("variables") or {})
         for k, v in (variables or {}).items():
             if k not in var:
                 raise DialectError(f"{source}: no variable {k!r} (has: {', '.join(var) or 'none'})")

@@ -106,17 +106,26 @@ def stereo_imbalance(x: torch.Tensor) -> torch.Tensor:
     return (e[:, 1] - e[:, 0]) / (e[:, 0] + e[:, 1] + EPS)
 
 
-def bark_power(x: torch.Tensor, sample_rate: float = SAMPLE_RATE, n_fft: int = BARK_FFT, hop: int = BARK_HOP) -> torch.Tensor:
-    """Time-averaged band power of each channel: ``(B, C, T)`` -> ``(B, C, 24)``."""
+def spectrum_power(x: torch.Tensor, n_fft: int = BARK_FFT, hop: int = BARK_HOP) -> torch.Tensor:
+    """Time-averaged power of each rfft bin of each channel: ``(B, C, T)`` -> ``(B, C, n_fft // 2 + 1)``."""
     B, C, T = x.shape
     sig = x.reshape(B * C, T)
     if T < n_fft:
         sig = torch.nn.functional.pad(sig, (0, n_fft - T))
     window = torch.hann_window(n_fft, dtype=x.dtype, device=x.device)
     X = torch.stft(sig, n_fft, hop, window=window, center=False, return_complex=True)
-    power = (X.real.square() + X.imag.square()).mean(-1) / window.square().sum()
-    bands = power @ _bark_matrix(n_fft, float(sample_rate), x.dtype, str(x.device))
-    return bands.reshape(B, C, BARK_BANDS)
+    return ((X.real.square() + X.imag.square()).mean(-1) / window.square().sum()).reshape(B, C, -1)
+
+
+def bins_to_bark(power: torch.Tensor, sample_rate: float = SAMPLE_RATE) -> torch.Tensor:
+    """Per-bin power ``(..., n_fft // 2 + 1)`` -> bark band power ``(..., 24)`` (mean over each band's bins)."""
+    n_fft = 2 * (power.shape[-1] - 1)
+    return power @ _bark_matrix(n_fft, float(sample_rate), power.dtype, str(power.device))
+
+
+def bark_power(x: torch.Tensor, sample_rate: float = SAMPLE_RATE, n_fft: int = BARK_FFT, hop: int = BARK_HOP) -> torch.Tensor:
+    """Time-averaged band power of each channel: ``(B, C, T)`` -> ``(B, C, 24)``."""
+    return bins_to_bark(spectrum_power(x, n_fft, hop), sample_rate)
 
 
 def bark_spectrum(x: torch.Tensor, sample_rate: float = SAMPLE_RATE) -> torch.Tensor:
@@ -201,15 +210,32 @@ def sample_peak_db(audio: np.ndarray) -> float:
     return 20.0 * math.log10(max(float(np.abs(audio).max()), EPS))
 
 
-def hfc_onsets(channel: np.ndarray, sample_rate: int = SAMPLE_RATE, n_fft: int = 1024, hop: int = 512) -> np.ndarray:
-    """Onset sample positions from a high-frequency-content novelty function."""
-    n_frames = 1 + max(0, (len(channel) - n_fft) // hop)
+ONSET_FFT = 1024
+ONSET_HOP = 512
+
+
+def hfc_frames(channel: np.ndarray, n_fft: int = ONSET_FFT, hop: int = ONSET_HOP) -> np.ndarray:
+    """High-frequency content of each frame (Hann, ``n_fft``, every ``hop``) of a 1-D signal; frame
+    ``i`` starts at ``i * hop``, so consecutive pieces overlapping by ``n_fft - hop`` give the whole."""
     if len(channel) < n_fft:
-        return np.zeros(0, dtype=int)
+        return np.zeros(0)
+    n_frames = 1 + (len(channel) - n_fft) // hop
     idx = np.arange(n_fft)[None, :] + hop * np.arange(n_frames)[:, None]
     frames = channel[idx] * np.hanning(n_fft)[None, :]
     mag2 = np.abs(np.fft.rfft(frames, axis=1)) ** 2
-    hfc = (mag2 * np.arange(mag2.shape[1])[None, :]).sum(1)
+    return (mag2 * np.arange(mag2.shape[1])[None, :]).sum(1)
+
+
+def hfc_onsets(channel: np.ndarray, sample_rate: int = SAMPLE_RATE, n_fft: int = ONSET_FFT, hop: int = ONSET_HOP) -> np.ndarray:
+    """Onset sample positions from a high-frequency-content novelty function."""
+    return onsets_from_hfc(hfc_frames(channel, n_fft, hop), hop)
+
+
+def onsets_from_hfc(hfc: np.ndarray, hop: int = ONSET_HOP) -> np.ndarray:
+    """Onset sample positions from the :func:`hfc_frames` of a whole channel (its median and
+    spread set the thresholds, so it takes all of them at once)."""
+    if not len(hfc):
+        return np.zeros(0, dtype=int)
     novelty = np.maximum(np.diff(np.log1p(hfc / (np.median(hfc) + EPS)), prepend=0.0), 0.0)
     if not np.any(novelty > 0):
         return np.zeros(0, dtype=int)
@@ -261,15 +287,25 @@ def drv_torch(y: torch.Tensor, onsets: list, sample_rate: int = SAMPLE_RATE) -> 
     win = int(DRV_WINDOW_S * sample_rate)
     T = y.shape[-1]
     offsets = torch.arange(win)
-    per_channel = []
+    peaks = []
     for c, events in enumerate(onsets):
         events = [(k, o) for k, o in events if o < T]
         if len(events) < DRV_MIN_ONSETS:
             return None
         k = torch.tensor([e[0] for e in events])
         idx = (torch.tensor([e[1] for e in events])[:, None] + offsets[None, :]).clamp(max=T - 1)
-        peaks = y[k[:, None], c, idx].abs().amax(-1)
-        levels = 20.0 * torch.log10(peaks + EPS)
+        peaks.append(y[k[:, None], c, idx].abs().amax(-1))
+    return drv_of_peaks(peaks)
+
+
+def drv_of_peaks(peaks) -> Optional[torch.Tensor]:
+    """DRV from each channel's onset peaks (linear, 50 ms after each onset): the standard deviation
+    of the top quartile of their levels in dB, the mean over channels; None below 4 onsets."""
+    per_channel = []
+    for p in peaks:
+        if p.shape[0] < DRV_MIN_ONSETS:
+            return None
+        levels = 20.0 * torch.log10(p + EPS)
         cut = float(np.percentile(levels.detach().numpy(), 75))
         top = levels[levels.detach() >= cut]
         per_channel.append(top.std(unbiased=False))
@@ -290,24 +326,111 @@ def segments_drv(segments: np.ndarray, sample_rate: int = SAMPLE_RATE) -> float:
 
 
 def analyze(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Dict[str, object]:
-    """Everything `refmaster analyze` reports for a ``(2, T)`` signal."""
-    x = torch.as_tensor(np.asarray(audio, dtype=np.float64)).unsqueeze(0)
-    with torch.no_grad():
-        f = audio_features(x, sample_rate)
-        bark_db = (20.0 / math.log(10.0)) * f["bark"][0]
-    mid_db = bark_db[0].numpy()
-    level = float(np.mean(mid_db))
-    return {
-        "duration_s": audio.shape[-1] / sample_rate,
-        "loudness_lufs": integrated_loudness(audio, sample_rate),
-        "true_peak_dbtp": true_peak_db(audio),
-        "sample_peak_dbfs": sample_peak_db(audio),
-        "rms_dbfs": float(20 * np.log10(np.sqrt(np.mean(np.square(audio, dtype=np.float64))) + EPS)),
-        "crest_db": float(f["crest"][0].mean()),
-        "width": float(f["width"][0]),
-        "imbalance": float(f["imbalance"][0]),
-        "drv_db": drv_db(audio, sample_rate),
-        "bark_centres_hz": [float(c) for c in bark_band_centres()],
-        "bark_mid_db": [float(v) - level for v in mid_db],
-        "bark_side_db": [float(v) - level for v in bark_db[1].numpy()],
-    }
+    """Everything `refmaster analyze` reports for a ``(2, T)`` signal (:class:`Analysis`, fed in blocks)."""
+    a = Analysis(sample_rate)
+    a.add(audio)
+    return a.result()
+
+
+class Analysis:
+    """The figures of :func:`analyze` from a signal fed in ``(2, n)`` blocks of any size, in bounded
+    memory: sums, peaks and meters, bark power summed frame by frame, and two numbers per 512
+    samples for the DRV (a frame's HFC and the peak of the 50 ms from its start), 30 MB an hour.
+    Each figure is its whole-signal definition above, to float rounding: crest, width and
+    imbalance as :func:`audio_features`, loudness as :func:`integrated_loudness`, true peak as
+    :func:`true_peak_db`, the bark balance as :func:`bark_spectrum`, DRV as :func:`drv_db`.
+    """
+
+    PIECE = 1 << 17   # blocks are split into pieces of this many samples (bounds the work arrays)
+
+    def __init__(self, sample_rate: int = SAMPLE_RATE):
+        from engine.analysis.meters import LoudnessMeter, TruePeakMeter
+
+        self.rate, self.n = sample_rate, 0
+        self.peak, self.energy, self.mid_side_energy = np.zeros(2), np.zeros(2), np.zeros(2)
+        self.loudness, self.true_peak = LoudnessMeter(sample_rate), TruePeakMeter()
+        self.win = int(DRV_WINDOW_S * sample_rate)
+        self._ms = np.zeros((2, 0))                        # mid/side not yet in a whole bark frame
+        self._power, self._frames = torch.zeros(2, BARK_FFT // 2 + 1, dtype=torch.float64), 0
+        self._onset_buf, self._hfc = np.zeros((2, 0)), [[], []]
+        self._level_buf, self._levels = np.zeros((2, 0)), [[], []]
+
+    def add(self, block: np.ndarray) -> None:
+        block = np.asarray(block)
+        for i in range(0, block.shape[-1], self.PIECE):
+            self._add(np.asarray(block[:, i:i + self.PIECE], dtype=np.float64))
+
+    def _add(self, x: np.ndarray) -> None:
+        self.n += x.shape[1]
+        self.peak = np.maximum(self.peak, np.abs(x).max(axis=1))
+        self.energy += np.square(x).sum(axis=1)
+        ms = np.stack([x[0] + x[1], x[0] - x[1]]) * (1.0 / math.sqrt(2.0))
+        self.mid_side_energy += np.square(ms).sum(axis=1)
+        self.loudness.add(x)
+        self.true_peak.add(x)
+        self._ms = np.concatenate([self._ms, ms], axis=1)
+        if self._ms.shape[1] >= BARK_FFT + 15 * BARK_HOP:   # 16 frames at a time (3.5 s, 2.5 MB)
+            self._bark_frames()
+        buf = self._onset_buf = np.concatenate([self._onset_buf, x], axis=1)
+        if buf.shape[1] >= ONSET_FFT:
+            k = 1 + (buf.shape[1] - ONSET_FFT) // ONSET_HOP
+            for c in range(2):
+                self._hfc[c].append(hfc_frames(buf[c, :ONSET_FFT + (k - 1) * ONSET_HOP]))
+            self._onset_buf = buf[:, k * ONSET_HOP:]
+        lev = self._level_buf = np.concatenate([self._level_buf, np.abs(x)], axis=1)
+        if lev.shape[1] >= self.win:        # the peak of the window from every hop, where it is whole
+            k = 1 + (lev.shape[1] - self.win) // ONSET_HOP
+            peaks = np.lib.stride_tricks.sliding_window_view(lev, self.win, axis=1)[:, :k * ONSET_HOP:ONSET_HOP].max(-1)
+            for c in range(2):
+                self._levels[c].append(peaks[c].astype(np.float32))   # exact for float32 audio
+            self._level_buf = lev[:, k * ONSET_HOP:]
+
+    def _bark_frames(self) -> None:
+        """Sum the power of the whole bark frames buffered, as torch.stft(center=False) cuts them."""
+        if self._ms.shape[1] >= BARK_FFT:
+            k = 1 + (self._ms.shape[1] - BARK_FFT) // BARK_HOP
+            self._power += k * spectrum_power(torch.from_numpy(self._ms[None, :, :BARK_FFT + (k - 1) * BARK_HOP]))[0]
+            self._frames += k
+            self._ms = self._ms[:, k * BARK_HOP:]
+
+    def _drv(self) -> float:
+        peaks = []
+        tail = self._level_buf   # windows cut by the end of the signal
+        tails = [tail[:, o:].max(axis=1) for o in range(0, tail.shape[1], ONSET_HOP)]
+        for c in range(2):
+            levels = np.concatenate(self._levels[c] + [np.array([t[c] for t in tails], np.float32)])
+            onsets = onsets_from_hfc(np.concatenate(self._hfc[c] or [np.zeros(0)]))
+            self._levels[c], self._hfc[c] = [], []   # one channel's whole-file arrays at a time
+            peaks.append(torch.from_numpy(levels[onsets // ONSET_HOP].astype(np.float64)))
+        with torch.no_grad():
+            d = drv_of_peaks(peaks)
+        return float("nan") if d is None else float(d)
+
+    def result(self) -> Dict[str, object]:
+        """The report (call once, after the last block)."""
+        n, rate = self.n, self.rate
+        if n < int(0.4 * rate):   # integrated_loudness pads a signal shorter than one gating block
+            self.loudness.add(np.zeros((2, int(0.4 * rate) - n)))
+        self._bark_frames()
+        power, frames = self._power, self._frames
+        if frames == 0:           # shorter than one frame: bark_power pads it to one
+            power, frames = spectrum_power(torch.from_numpy(self._ms[None]))[0], 1
+        bark_db = (20.0 / math.log(10.0)) * 0.5 * torch.log(bins_to_bark(power / frames, rate) + EPS)
+        mid_db = bark_db[0].numpy()
+        level = float(np.mean(mid_db))
+        crest = 20.0 * np.log10((self.peak + EPS) / np.sqrt(self.energy / max(n, 1) + EPS))
+        e = self.energy
+        return {
+            "duration_s": n / rate,
+            "loudness_lufs": self.loudness.integrated(),
+            "true_peak_dbtp": self.true_peak.db(),
+            "sample_peak_dbfs": 20.0 * math.log10(max(float(self.peak.max()), EPS)),
+            "rms_dbfs": float(20 * np.log10(np.sqrt(e.sum() / max(2 * n, 1)) + EPS)),
+            "crest_db": float(crest.mean()),
+            "width": float(self.mid_side_energy[1] / (self.mid_side_energy[0] + EPS)),
+            "imbalance": float((e[1] - e[0]) / (e[0] + e[1] + EPS)),
+            "drv_db": self._drv(),
+            "bark_centres_hz": [float(c) for c in bark_band_centres()],
+            "bark_mid_db": [float(v) - level for v in mid_db],
+            "bark_side_db": [float(v) - level for v in bark_db[1].numpy()],
+        }

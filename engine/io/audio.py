@@ -13,12 +13,17 @@ reporting how many samples it had to clip.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import struct
+import sys
+import tempfile
+import threading
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Union
+from typing import Iterator, List, Sequence, Union
 
 import numpy as np
 import soundfile as sf
@@ -88,10 +93,54 @@ def resample(audio: np.ndarray, source_rate: int, target_rate: int = SAMPLE_RATE
     return y.astype(np.float32)
 
 
-def decode_error(p: Path, e: Exception) -> AudioError:
-    """The one-line error for an exception soundfile raised while opening or reading ``p``."""
+_DECODER_LINE = re.compile(r"^(?:\[src/libmpg123[^\]]*\] *(?:[A-Za-z]+: *)?|(?:Note|Warning|Error|warning|error): *)")
+_stderr_lock = threading.RLock()
+
+
+@contextlib.contextmanager
+def decoder_messages() -> Iterator[List[str]]:
+    """``with decoder_messages() as said:`` — what the native decoders print while opening or
+    reading a file is collected in ``said`` instead of reaching the terminal.
+
+    Why: libsndfile's mp3 decoder (libmpg123) writes lines such as "Note: Illegal
+    Audio-MPEG-Header ..." straight to file descriptor 2, beside refmaster's own one-line error.
+    The descriptor is pointed at a temporary file for the duration (under a lock: it belongs to
+    the whole process); lines that are not the decoder's (another thread's) are passed on after.
+    """
+    said: List[str] = []
+    with _stderr_lock:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError, AttributeError):  # no stderr to redirect
+            yield said
+            return
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield said
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+                sink.seek(0)
+                others = []
+                for line in sink.read(1 << 20).decode("utf-8", "replace").splitlines():
+                    (said if _DECODER_LINE.match(line) else others).append(line)
+                if others:
+                    print("\n".join(others), file=sys.stderr)
+
+
+def decode_error(p: Path, e: Exception, said: Sequence[str] = ()) -> AudioError:
+    """The one-line error for an exception soundfile raised while opening or reading ``p``
+    (``said``: the decoder's own messages, from :func:`decoder_messages`)."""
     if isinstance(e, sf.LibsndfileError):
         msg = str(e.error_string if hasattr(e, "error_string") else e).strip().rstrip(".")
+        if "not a regular file" in msg and p.is_file():
+            # what libsndfile says when its mp3 decoder finds no audio frame in a file that exists
+            msg = "no audio frames found in it"
+        if said:
+            first = _DECODER_LINE.sub("", said[0]).strip().rstrip(".")
+            msg += f"; decoder: {first[:100]}"
         return AudioError(f"{p}: cannot decode audio ({msg}); the file is corrupt, truncated or not a supported format "
                           f"({', '.join(x.lstrip('.') for x in READ_EXTENSIONS)})")
     return AudioError(f"{p}: cannot read audio ({e})")
@@ -133,12 +182,16 @@ def check_mp3_length(path: PathLike, fmt: str, declared_frames: int, decoded_fra
 def load_audio(path: PathLike, min_seconds: float = MIN_SECONDS, allow_silent: bool = False) -> LoadedAudio:
     """Decode ``path`` to stereo float32 at 44.1 kHz or raise :class:`AudioError`."""
     p = check_path(path)
-    try:
-        with sf.SoundFile(str(p)) as f:
-            declared_frames, rate, channels, fmt = f.frames, f.samplerate, f.channels, f.format
-            data = f.read(dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as e:
-        raise decode_error(p, e) from None
+    with decoder_messages() as said:
+        try:
+            with sf.SoundFile(str(p)) as f:
+                declared_frames, rate, channels, fmt = f.frames, f.samplerate, f.channels, f.format
+                data = f.read(dtype="float32", always_2d=True)
+            failure = None
+        except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as e:
+            failure = e
+    if failure is not None:
+        raise decode_error(p, failure, said) from None
     check_header(p, channels, fmt)
     check_mp3_length(p, fmt, declared_frames, data.shape[0], rate)
     if data.shape[0] == 0:
