@@ -334,8 +334,9 @@ def analyze(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Dict[str, obje
 
 class Analysis:
     """The figures of :func:`analyze` from a signal fed in ``(2, n)`` blocks of any size, in bounded
-    memory: sums, peaks and meters, bark power summed frame by frame, and two numbers per 512
-    samples for the DRV (a frame's HFC and the peak of the 50 ms from its start), 30 MB an hour.
+    memory: sums, peaks and meters, bark power summed frame by frame, and two numbers per channel
+    and 512 samples for the DRV (a frame's HFC and the peak of the 50 ms from its start: its
+    thresholds need the whole file's), 7.4 MB an hour.
     Each figure is its whole-signal definition above, to float rounding: crest, width and
     imbalance as :func:`audio_features`, loudness as :func:`integrated_loudness`, true peak as
     :func:`true_peak_db`, the bark balance as :func:`bark_spectrum`, DRV as :func:`drv_db`.
