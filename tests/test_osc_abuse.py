@@ -298,21 +298,23 @@ def test_subscribe_floods_leave_legitimate_subscribers_working(store):
     sockets: the legitimate subscribers (a python-osc socket subscribed itself, an oscdump
     subscribed by oscsend) keep getting pushes, a new client can still subscribe, and the
     flood's subscriptions expire while the ones in use are renewed."""
-    ttl = 2.0
+    ttl = 3.0
     with OscServer(store=store, subscription_ttl=ttl) as srv, OscDump() as dump:
         mine = Peer()
+        attackers = [Peer() for _ in range(100)]
         try:
-            self_subscribe(srv, mine)
-            oscsend(HOST, srv.address[1], A.SUBSCRIBE, "si", HOST, dump.port)
-            dump.wait_address(A.DUMP_DONE)
             rng = random.Random(3)
-            for _ in range(100):
-                attacker = Peer()
+            floods = []
+            for _ in attackers:
                 ports = [p for p in rng.sample(range(20000, 60000), 42) if p not in (mine.address[1], dump.port)]
                 flood = [message(A.SUBSCRIBE, HOST, p) for p in ports[:40]]
                 flood += [message(A.UNSUBSCRIBE, HOST, mine.address[1]), message(A.UNSUBSCRIBE, HOST, dump.port)]
-                attacker.send(bundle(flood), srv.address)
-                attacker.close()
+                floods.append(bundle(flood))
+            self_subscribe(srv, mine)
+            oscsend(HOST, srv.address[1], A.SUBSCRIBE, "si", HOST, dump.port)
+            dump.wait_address(A.DUMP_DONE)
+            for attacker, flood in zip(attackers, floods):
+                attacker.send(flood, srv.address)
             time.sleep(0.3)
             subs = {s.address: s for s in srv.subscribers()}
             assert len(subs) <= MAX_SUBSCRIBERS and sum(not s.proven for s in subs.values()) <= MAX_UNPROVEN
@@ -340,6 +342,8 @@ def test_subscribe_floods_leave_legitimate_subscribers_working(store):
             assert left == {mine.address, (HOST, dump.port)}
         finally:
             mine.close()
+            for attacker in attackers:
+                attacker.close()
 
 
 def test_a_flood_of_pattern_messages_keeps_the_record_and_memory_bounded(tmp_path):

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
-from pythonosc.osc_packet import OscPacket, ParseError
+from pythonosc.osc_message import OscMessage, ParseError
 
 from bridge.osc import space as A
 from bridge.osc.access import DEFAULT_ALLOW, AllowList, PathScrubber, ReplyBudget, SharedSecret, TokenBucket
@@ -52,12 +52,12 @@ from bridge.osc.dispatcher import Handler, OscDispatcher, OscReplyError
 from bridge.osc.state import BridgeState
 from bridge.osc.subscriptions import DUMPS_PER_S, SUBSCRIPTION_TTL_S, Subscriber, Subscriptions
 from bridge.osc.transport import Address, UdpTransport
-from bridge.osc.wire import _guess_address, _osc_type_name, check_packet, encode_message, printable
+from bridge.osc.wire import _guess_address, _osc_type_name, check_packet, encode_message, message_spans, printable
 from engine import params as P
 from engine.errors import RefmasterError
 
 #: Handler calls one packet may cause (a bundle setting everything in both forms is 104).
-MAX_CALLS_PER_PACKET = 512
+MAX_CALLS_PER_PACKET = 256
 #: What matching a pattern not seen recently costs out of that budget.
 PATTERN_COST = 16
 NOT_AUTHORISED = (f"not authorised: this server has a shared secret; send {A.AUTH} <secret> first "
@@ -201,22 +201,28 @@ class OscServer(Subscriptions, Commands):
             if problem:
                 self.reply_error(sender, _guess_address(data), problem)
                 return
-            try:
-                packet = OscPacket(data)
-            except (ParseError, UnicodeDecodeError) as e:
-                self.reply_error(sender, _guess_address(data), f"malformed OSC packet ({e})")
-                return
-            self._dispatch_packet([(t.message.address, list(t.message.params)) for t in packet.messages],
-                                  sender, arrival)
+            self._dispatch_packet(data, sender, arrival)
         except Exception as e:  # a bug must not stop the server: report it loudly and go on
             traceback.print_exc(file=sys.stderr)
             self.reply_error(sender, _guess_address(data), f"internal error ({type(e).__name__}: {e})")
 
-    def _dispatch_packet(self, messages: List[Tuple[str, list]], sender: Address, arrival: float) -> None:
+    def _dispatch_packet(self, data: bytes, sender: Address, arrival: float) -> None:
+        """Apply a checked packet's messages in order, each parsed only when its turn comes (the
+        ones past the packet's budget are counted, never parsed: parsing is most of a flood's cost)."""
         budget = MAX_CALLS_PER_PACKET
         authorised = self.secret is None or self.secret.logged_in(sender)
-        skipped: List[str] = []
-        for address, args in messages:
+        skipped, first_skipped = 0, ""
+        for start, end in message_spans(data):
+            if budget <= 0:
+                skipped += 1
+                first_skipped = first_skipped or _guess_address(data[start:end])
+                continue
+            try:
+                m = OscMessage(data[start:end])
+            except (ParseError, UnicodeDecodeError) as e:   # check_packet should have refused it
+                self.reply_error(sender, _guess_address(data[start:end]), f"malformed OSC message ({e})")
+                continue
+            address, args = m.address, list(m.params)
             if address == A.AUTH:
                 authorised = self._on_auth(args, sender) or authorised
                 continue
@@ -224,14 +230,11 @@ class OscServer(Subscriptions, Commands):
                 self.stats.unauthorised += 1
                 self.reply_error(sender, address, NOT_AUTHORISED)
                 continue
-            if budget <= 0:
-                skipped.append(address)
-                continue
             budget -= self._dispatch(address, args, sender, arrival, budget)
         if skipped:
-            self.stats.over_budget += len(skipped)
-            self.reply_error(sender, skipped[0], f"{len(skipped)} messages of this packet were not applied: one "
-                                                 f"packet may make at most {MAX_CALLS_PER_PACKET} changes")
+            self.stats.over_budget += skipped
+            self.reply_error(sender, first_skipped, f"{skipped} messages of this packet were not applied: one "
+                                                    f"packet may make at most {MAX_CALLS_PER_PACKET} changes")
 
     def _on_auth(self, args: list, sender: Address) -> bool:
         if self.secret is None:

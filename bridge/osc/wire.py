@@ -4,7 +4,7 @@ helpers replies use. Pure functions on bytes and values; no sockets, no state.""
 from __future__ import annotations
 
 import struct
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 from pythonosc.osc_message_builder import OscMessageBuilder
@@ -47,14 +47,17 @@ def _padded_string_end(data: bytes, pos: int, end: int) -> Optional[int]:
 def check_message(data: bytes, start: int = 0, end: Optional[int] = None) -> Optional[str]:
     """A reason why the message ``data[start:end]`` is malformed, or None.
 
-    Checks that the address and type tags are NUL-terminated and padded and that the
-    arguments fill the message exactly: a truncated message is refused rather than
-    completed with zeros (which python-osc does for floats, to suit Reaktor).
+    Checks that the address and type tags are NUL-terminated and padded, that the
+    arguments fill the message exactly (a truncated message is refused rather than
+    completed with zeros, which python-osc does for floats, to suit Reaktor), that the
+    strings are UTF-8 and the arrays balanced: a message that passes parses.
     """
     end = len(data) if end is None else end
     pos = _padded_string_end(data, start, end)
     if pos is None:
         return "address is not NUL-terminated and padded (truncated?)"
+    if not _utf8(data, start):
+        return "the address is not UTF-8"
     if pos == end:
         return None  # no type tag string: an (old-style) message without arguments
     if data[pos:pos + 1] != b",":
@@ -64,13 +67,19 @@ def check_message(data: bytes, start: int = 0, end: Optional[int] = None) -> Opt
         return "type tag string is not NUL-terminated and padded (truncated?)"
     tags = data[pos + 1:data.find(b"\x00", pos, end)].decode("ascii", "replace")
     pos = tags_end
+    depth = 0
     for t in tags:
+        depth += (t == "[") - (t == "]")
+        if depth < 0:
+            return "']' without '[' in the type tags"
         if t in _FIXED_SIZE:
             pos += _FIXED_SIZE[t]
         elif t == "s":
             nxt = _padded_string_end(data, pos, end)
             if nxt is None:
                 return "a string argument is not NUL-terminated (truncated?)"
+            if not _utf8(data, pos):
+                return "a string argument is not UTF-8"
             pos = nxt
         elif t == "b":
             if pos + 4 > end:
@@ -85,7 +94,37 @@ def check_message(data: bytes, start: int = 0, end: Optional[int] = None) -> Opt
             return f"the arguments ({tags}) need more bytes than the message has (truncated?)"
     if pos != end:
         return f"{end - pos} bytes after the last argument ({tags})"
+    if depth:
+        return "'[' without ']' in the type tags"
     return None
+
+
+def _utf8(data: bytes, pos: int) -> bool:
+    try:
+        data[pos:data.find(b"\x00", pos)].decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def message_spans(data: bytes) -> Iterator[Tuple[int, int]]:
+    """(start, end) of every message of a packet that passed :func:`check_packet`, in order
+    (bundles flattened depth first, as python-osc does), so messages can be parsed one by one."""
+    if not data.startswith(_BUNDLE):
+        yield 0, len(data)
+        return
+    stack = [(16, len(data))]            # (next element, end of its bundle)
+    while stack:
+        pos, end = stack.pop()
+        if pos >= end:
+            continue
+        (size,) = struct.unpack(">i", data[pos:pos + 4])
+        start = pos + 4
+        stack.append((start + size, end))
+        if data[start:start + 8] == _BUNDLE:
+            stack.append((start + 16, start + size))
+        else:
+            yield start, start + size
 
 
 def check_packet(data: bytes, max_depth: int = MAX_BUNDLE_DEPTH,
