@@ -43,6 +43,7 @@ def cmd_dialect(args) -> int:
 
 def cmd_layout(args) -> int:
     from bridge.osc.dialects import open_stage_control_layout
+    from bridge.osc.subscriptions import SUBSCRIPTION_TTL_S
 
     if not args.open_stage_control:
         raise RefmasterError("say which layout to write: --open-stage-control FILE")
@@ -54,7 +55,11 @@ def cmd_layout(args) -> int:
     n = sum(len(t["widgets"][1]["widgets"]) for t in session["content"]["tabs"])
     print(f"{out}: Open Stage Control session, {len(session['content']['tabs'])} tabs, {n} faders, "
           f"sending to {args.host}:{args.port}")
-    print(f"(to get feedback, have it subscribe: /refmaster/subscribe <its host> <its port> {args.form})")
+    print(f"(to get feedback, have it subscribe: /refmaster/subscribe <its host> <its port> {args.form}; "
+          f"renewed by every message it sends from that port, else it lapses after {SUBSCRIPTION_TTL_S / 60:g} minutes)")
+    if args.host not in ("127.0.0.1", "localhost"):
+        print(f"(a controller on another machine needs: refmaster serve --osc-host {args.host} "
+              f"--allow <its address or network>)")
     return 0
 
 
