@@ -83,6 +83,59 @@ def _unit_circle(n_fft: int, dtype: torch.dtype, device_str: str):
     return tuple(t.to(dtype) for t in (torch.cos(w), torch.sin(w), torch.cos(2 * w), torch.sin(2 * w)))
 
 
+def _section_responses(sos: torch.Tensor, n_fft: int):
+    """Per section numerator and denominator on the rfft grid and the cascade's product:
+    ``(nums (B, S, F), dens (B, S, F), h (B, F))`` complex, F = ``n_fft // 2 + 1``."""
+    c1, s1, c2, s2 = _unit_circle(n_fft, sos.dtype, str(sos.device))
+    h, nums, dens = None, [], []
+    for i in range(sos.shape[1]):
+        b0, b1, b2, a0, a1, a2 = (sos[:, i, j : j + 1] for j in range(6))
+        num = torch.complex(b0 + b1 * c1 + b2 * c2, -(b1 * s1 + b2 * s2))
+        den = torch.complex(a0 + a1 * c1 + a2 * c2, -(a1 * s1 + a2 * s2))
+        sec = num / den
+        h = sec if h is None else h * sec
+        nums.append(num)
+        dens.append(den)
+    return torch.stack(nums, 1), torch.stack(dens, 1), h
+
+
+class _CascadeResponse(torch.autograd.Function):
+    """:func:`sos_response` with a hand-written backward.
+
+    Autograd through the per-bin complex arithmetic recorded ~20 operations per section on
+    131,073 bins and reduced each coefficient's gradient separately: 45 % of an ITO step
+    (profiled). The response is a product of rational functions of the six coefficients, so
+    the gradient is closed-form: with ``N_i``, ``D_i`` section i's numerator and denominator,
+    ``H`` the product and ``G`` the incoming gradient (PyTorch's convention for complex
+    tensors), ``dL/db_ik = Re Σ_w conj(G) (H / N_i) e^{-jkw}`` and
+    ``dL/da_ik = -Re Σ_w conj(G) (H / D_i) e^{-jkw}``; ``H / N_i`` is taken as the product of
+    the other sections over ``D_i`` (a low-pass zero sits exactly on Nyquist, where ``N_i = 0``).
+    """
+
+    @staticmethod
+    def forward(ctx, sos: torch.Tensor, n_fft: int) -> torch.Tensor:
+        nums, dens, h = _section_responses(sos, n_fft)
+        ctx.n_fft = n_fft
+        ctx.save_for_backward(nums, dens, h)
+        return h
+
+    @staticmethod
+    def backward(ctx, grad_h: torch.Tensor):
+        nums, dens, h = ctx.saved_tensors
+        c1, s1, c2, s2 = _unit_circle(ctx.n_fft, nums.real.dtype, str(nums.device))
+        secs = nums / dens
+        ones = torch.ones_like(secs[:, :1])
+        before = torch.cumprod(torch.cat([ones, secs[:, :-1]], 1), 1)              # Π_{j<i}
+        after = torch.cumprod(torch.cat([ones, secs.flip(1)[:, :-1]], 1), 1).flip(1)  # Π_{j>i}
+        q = grad_h.conj().unsqueeze(1)
+        wrt_b = q * (before * after) / dens          # (B, S, F): conj(G) · ∂H/∂N_i
+        wrt_a = -q * h.unsqueeze(1) / dens           # conj(G) · ∂H/∂D_i
+        cos = torch.stack([torch.ones_like(c1), c1, c2])   # (3, F): Re and Im of e^{-jkw} are cos kw, -sin kw
+        sin = torch.stack([torch.zeros_like(s1), s1, s2])
+        grad = [w.real @ cos.T + w.imag @ sin.T for w in (wrt_b, wrt_a)]  # Re(w e^{-jkw}) summed over w
+        return torch.cat(grad, -1), None
+
+
 def sos_response(sos: torch.Tensor, n_fft: int) -> torch.Tensor:
     """Complex frequency response of a cascade of biquads on the rfft grid.
 
@@ -92,17 +145,12 @@ def sos_response(sos: torch.Tensor, n_fft: int) -> torch.Tensor:
         ``(B, n_fft // 2 + 1)`` complex response (product over sections).
 
     The polynomials are evaluated directly on the unit circle (cheaper than dasp's
-    zero-padded FFT of each 3-tap polynomial, same values).
+    zero-padded FFT of each 3-tap polynomial, same values); the gradient is closed-form
+    (:class:`_CascadeResponse`).
     """
-    c1, s1, c2, s2 = _unit_circle(n_fft, sos.dtype, str(sos.device))
-    h = None
-    for i in range(sos.shape[1]):
-        b0, b1, b2, a0, a1, a2 = (sos[:, i, j : j + 1] for j in range(6))
-        num = torch.complex(b0 + b1 * c1 + b2 * c2, -(b1 * s1 + b2 * s2))
-        den = torch.complex(a0 + a1 * c1 + a2 * c2, -(a1 * s1 + a2 * s2))
-        sec = num / den
-        h = sec if h is None else h * sec
-    return h
+    if sos.requires_grad and torch.is_grad_enabled():
+        return _CascadeResponse.apply(sos, n_fft)
+    return _section_responses(sos, n_fft)[2]
 
 
 def impulse_response(sos: torch.Tensor) -> torch.Tensor:
