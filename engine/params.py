@@ -128,6 +128,15 @@ class ParamSpec:
     def clamp(self, value: float) -> float:
         return min(max(float(value), self.min), self.max)
 
+    def at_limit(self, value: float) -> Optional[str]:
+        """``"min"`` or ``"max"`` when ``value`` is at that end of the range (within
+        :data:`LIMIT_TOLERANCE` of it, normalised) and that end is not the neutral default
+        (a compressor at ratio 1 is off, not pinned); otherwise None."""
+        n = self.to_normalized(float(value))
+        for end, at in (("min", n <= LIMIT_TOLERANCE), ("max", n >= 1.0 - LIMIT_TOLERANCE)):
+            if at and abs(self.to_normalized(self.default) - (0.0 if end == "min" else 1.0)) > LIMIT_TOLERANCE:
+                return end
+        return None
 
 #: The EQ's sections in chain order: ``(parameter prefix, filter kind)``, with each band's
 #: label and centre/corner frequency range and default (Hz). Every table of bands reads these.
@@ -283,6 +292,21 @@ def check_tensor(values: torch.Tensor) -> None:
 
 
 # ---------------------------------------------------------------------------- dicts
+
+#: A value this close to an end of its range (normalised 0…1 units) counts as pinned there.
+LIMIT_TOLERANCE = 0.005
+
+
+def pinned(values: Mapping[str, float]) -> Dict[str, str]:
+    """The parameters of ``values`` sitting at a range limit: ``{key: "min" | "max"}``
+    (:meth:`ParamSpec.at_limit`)."""
+    out = {}
+    for key, value in values.items():
+        end = spec(key).at_limit(value)
+        if end:
+            out[key] = end
+    return out
+
 
 def defaults() -> Dict[str, float]:
     return {p.key: p.default for p in PARAMS}

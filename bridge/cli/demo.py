@@ -50,7 +50,7 @@ def run_demo(out_dir: Path, seconds: float = 20.0, seed: int = 7, ito_steps: int
     preset_path = store.save(preset)
     analyses = [analyze(song), analyze(result.output), analyze(reference)]
     plot_master(out_dir / "master.png", song, result.output, reference, analyses)
-    print(params_change_table(result.chain_before_ito, result.chain))
+    print(params_change_table(result.chain_before_ito, result.chain, result.gain_reduction))
     print(f"\nITO: loss {result.ito.losses[0]:.4f} -> {min(result.ito.losses):.4f} in {result.ito.steps_run} steps")
     print(f"\n{'':12}{'input':>10}{'master':>10}{'reference':>11}")
     for key, label in (("loudness_lufs", "LUFS"), ("crest_db", "crest dB"), ("width", "width")):

@@ -181,6 +181,9 @@ def cmd_master(args) -> int:
                                                       "moved": result.nudge.moved()},
         "loudness_match": result.loudness,
         "dynamics_match": result.dynamics,
+        "tonal_match": result.tonal,
+        "gain_reduction_db_p95": result.gain_reduction,
+        "pinned": P.pinned(result.chain.values) if result.chain else None,
         "params": result.chain.to_dict() if result.chain else None,
         "analysis": {"input": _brief(a_in), "output": _brief(a_out), "reference": _brief(a_ref)},
         "seconds": result.seconds, "preset": str(preset_path) if preset_path else None, "clipped_samples": clipped,
@@ -190,7 +193,7 @@ def cmd_master(args) -> int:
         print(dumps_strict(report, indent=2))
         return 0
     if result.chain is not None:
-        print(params_change_table(result.chain_before_ito, result.chain))
+        print(params_change_table(result.chain_before_ito, result.chain, result.gain_reduction))
     if result.ito is not None:
         print(f"\nITO ({settings.ito_target}): loss {result.ito.losses[0]:.4f} -> {min(result.ito.losses):.4f}, "
               f"best of {result.ito.steps_run} steps at step {result.ito.best_step}")
@@ -204,6 +207,9 @@ def cmd_master(args) -> int:
         m = result.dynamics
         print(f"dynamics match: DRV {m['before_drv_db']:.2f} -> {m['after_drv_db']:.2f} dB (reference "
               f"{m['target_drv_db']:.2f}), limiter threshold {m['threshold_change_db']:+.1f} dB")
+    if result.tonal is not None:
+        print(f"tonal-balance match: mid/side bark balance and width {result.tonal['before_db']:.2f} -> "
+              f"{result.tonal['after_db']:.2f} dB from the reference's (EQ and width fitted)")
     if result.nudge is not None:
         print(f"nudge ({', '.join(result.nudge_words)}): loss {result.nudge.losses[0]:.4f} -> {min(result.nudge.losses):.4f}")
         for key, a, b in result.nudge.moved():

@@ -95,12 +95,14 @@ def plot_analysis(path, results: Sequence[Dict[str, object]], names: Sequence[st
     plt.close(fig)
 
 
-def params_change_table(before, after) -> str:
-    """Θ in real units by module, with the value before ITO where it moved noticeably."""
+def params_change_table(before, after, gain_reduction=None) -> str:
+    """Θ in real units by module, with the value before ITO where it moved noticeably, a mark on
+    any parameter pinned at a range limit, and the dynamics' gain reduction (dB, p95) when given."""
     from engine import params as P
 
-    lines = [f"{'parameter':<34}{'value':>10}  {'unit':<5}{'before ITO':>12}"]
+    lines = [f"{'parameter':<34}{'value':>10}  {'unit':<5}{'before ITO':>12}  limit"]
     current = None
+    pinned = P.pinned(after.values)
     for p in P.PARAMS:
         if p.module != current:
             current = p.module
@@ -110,8 +112,14 @@ def params_change_table(before, after) -> str:
         if before is not None:
             b = before.values[p.key]
             if abs(p.to_normalized(v) - p.to_normalized(b)) > 0.01:
-                moved = f"{_num(b):>12}"
-        lines.append(f"  {p.key:<32}{_num(v):>10}  {p.unit:<5}{moved}")
+                moved = f"{_num(b)}"
+        mark = f"  at {pinned[p.key]}" if p.key in pinned else ""
+        lines.append(f"  {p.key:<32}{_num(v):>10}  {p.unit:<5}{moved:>12}{mark}".rstrip())
+    if pinned:
+        lines.append(f"{len(pinned)} parameter(s) at a range limit: {', '.join(sorted(pinned))}")
+    if gain_reduction:
+        parts = [f"{k.split('.')[-1]} {v:.1f}" for k, v in gain_reduction.items()]
+        lines.append("gain reduction, dB (p95 over time): " + ", ".join(parts))
     return "\n".join(lines)
 
 

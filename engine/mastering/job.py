@@ -12,8 +12,10 @@ master plus everything a report or a preset needs. The steps:
    reference (the style reference unless another is given: merging styles) plus a dynamics term
    (DRV, :data:`engine.mastering.ito.DRV_WEIGHT`) — or, as the paper's baseline, optimises Θ directly
    (``ito_target="params"``);
-5. loudness and dynamics match (white-box, default on; :mod:`engine.mastering.matches`): the
-   limiter threshold is chosen for the reference's DRV and the make-up gain for its loudness;
+5. tonal-balance, dynamics and loudness match (white-box, default on; :mod:`engine.mastering.matches`,
+   :mod:`engine.mastering.tonal`): the 18 EQ parameters and the width are fitted to the
+   reference's long-term mid/side bark balance, the limiter threshold is chosen for its DRV and
+   the make-up gain for its loudness;
 6. nudges ("brighter, wider") run the same ITO towards changed features of the current output;
 7. the whole track is rendered with the final Θ (white-box) or the final z (black-box).
 
@@ -24,6 +26,7 @@ directly; ITO and nudges both go through it. Each step is timed into ``MasterRes
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
@@ -34,11 +37,13 @@ import torch
 from engine import params as P
 from engine.analysis.features import audio_features, drv_db, integrated_loudness
 from engine.dsp.chain import render_chain
+from engine.dsp.metering import gain_reduction
 from engine.errors import ChainError, UsageError
 from engine.mastering.ito import (DRV_WEIGHT, FrozenWhiteBox, ITOResult, Objective, af_objective, choose_excerpts,
                                   excerpt_batch, join_excerpts, optimize_embedding, optimize_params)
-from engine.mastering.matches import match_dynamics, match_loudness
+from engine.mastering.matches import dynamics_material, match_dynamics, match_loudness
 from engine.mastering.nudge import nudge_objective, parse_nudges
+from engine.mastering.tonal import balance_of, match_tonal_balance
 from engine.model.fxnorm import fx_normalize, load_stats
 from engine.model.networks import MasteringModel
 
@@ -56,6 +61,7 @@ class MasterSettings:
     excerpts: int = 3
     match_loudness: bool = True
     match_dynamics: bool = True        # limiter threshold for the reference's DRV (needs match_loudness)
+    match_tonal: bool = True           # EQ fitted to the reference's bark balance (needs match_loudness)
     drv_weight: float = DRV_WEIGHT      # dynamics term of the ITO objective (0: plain AF, as in the paper)
     nudge: Optional[str] = None
     nudge_steps: int = 50
@@ -77,6 +83,8 @@ class MasterResult:
     seconds: Dict[str, float] = field(default_factory=dict)
     loudness: Optional[Dict[str, float]] = None  # target / before / after LUFS, gain change dB
     dynamics: Optional[Dict[str, float]] = None  # target / before / after DRV, threshold change dB
+    tonal: Optional[Dict[str, float]] = None     # balance distance (dB) before / after the EQ fit
+    gain_reduction: Optional[Dict[str, float]] = None  # dB, p95 over time, per compressor band and limiter
 
 
 class EmbeddingTarget:
@@ -132,7 +140,7 @@ class _Job:
         self.seconds: Dict[str, float] = {}
         self.z = self.theta = self.theta0 = self.theta_ito = self.y = None
         self.ito_result = self.nudge_result = None
-        self.loudness = self.dynamics = None
+        self.loudness = self.dynamics = self.tonal = self.gain_reduction = None
         self.words: List[str] = []
         self._ref_stats: Dict[str, object] = {}
 
@@ -185,18 +193,38 @@ class _Job:
         self.theta_ito = self.theta
 
     def match(self) -> None:
-        """The limiter threshold for the reference's DRV, then the make-up gain for its loudness."""
+        """The limiter threshold for the reference's DRV, the EQ for its tonal balance, then the
+        make-up gain for its loudness."""
         s = self.settings
         if not (self.white and s.match_loudness and self.level_ref is not None):
             return
-        with self.timed("loudness"):
-            full = torch.from_numpy(self.x_norm).unsqueeze(0)
-            target_lufs = integrated_loudness(self.level_ref)
-            if s.match_dynamics:
+        full = torch.from_numpy(self.x_norm).unsqueeze(0)
+        target_lufs = integrated_loudness(self.level_ref)
+        if s.match_tonal:
+            with self.timed("tonal"):
+                self.theta, self.tonal = self._match_tonal(full, target_lufs)
+        if s.match_dynamics:
+            with self.timed("dynamics"):
                 ref_feats, ref_drv = self.target_stats()
                 self.theta, self.dynamics = match_dynamics(full, self.theta, target_lufs, ref_drv,
                                                            {k: v.double() for k, v in ref_feats.items()}, s.drv_weight)
+        with self.timed("loudness"):
             self.theta, self.y, self.loudness = match_loudness(full, self.theta, target_lufs)
+
+    def _match_tonal(self, full: torch.Tensor, target_lufs: float):
+        """The EQ and width fitted to the reference's balance, on the material the dynamics match
+        renders, at the loudness the master will have (so the limiter works as it will); the
+        dynamics match after it then has the last word on the peaks."""
+        segments = dynamics_material(full)
+        render = lambda th: join_excerpts(render_chain(segments, th, check_params=False))  # noqa: E731
+        offset = 0.0
+        if segments.shape[-1] < full.shape[-1]:
+            offset = integrated_loudness(join_excerpts(segments)[0].numpy()) - integrated_loudness(full[0].numpy())
+        level = target_lufs + offset
+        if not math.isfinite(level):
+            return self.theta, None
+        theta, _, _ = match_loudness(None, self.theta, level, render)
+        return match_tonal_balance(theta, render, balance_of(torch.from_numpy(self.level_ref).unsqueeze(0)), level)
 
     def nudge(self) -> None:
         """The same ITO towards changed features of the current output ("brighter, wider")."""
@@ -221,6 +249,10 @@ class _Job:
         out = self.y[0].numpy()
         if not np.isfinite(out).all():
             raise ChainError("render", "the master contains NaN or infinite samples")
+        if self.white:
+            with self.timed("metering"):
+                self.gain_reduction = gain_reduction(dynamics_material(torch.from_numpy(self.x_norm).unsqueeze(0)),
+                                                     self.theta)
         return out
 
 
@@ -254,4 +286,5 @@ def master(model: MasteringModel, x: np.ndarray, reference: Optional[np.ndarray]
     out = job.render()
     job.seconds["total"] = time.time() - t0
     return MasterResult(out, job.x_norm, _as_chain(job.theta), _as_chain(job.theta0), job.z[0].detach().numpy().copy(),
-                        job.ito_result, job.nudge_result, job.words, job.seconds, job.loudness, job.dynamics)
+                        job.ito_result, job.nudge_result, job.words, job.seconds, job.loudness, job.dynamics,
+                        job.tonal, job.gain_reduction)

@@ -106,7 +106,7 @@ DYNAMICS_SEGMENTS = 8
 _THRESHOLD = P.PARAM_KEYS.index("limiter.threshold")
 
 
-def _dynamics_material(audio: torch.Tensor) -> torch.Tensor:
+def dynamics_material(audio: torch.Tensor) -> torch.Tensor:
     """What the dynamics match renders: ``(1, 2, T)`` -> the track itself, or (K, 2, n) segments."""
     total = int(DYNAMICS_SECONDS * SAMPLE_RATE)
     T = audio.shape[-1]
@@ -140,7 +140,7 @@ def match_dynamics(audio: torch.Tensor, theta: torch.Tensor, target_lufs: float,
             "threshold_change_db": 0.0, "trials": []}
     if not (math.isfinite(target_drv) and math.isfinite(target_lufs)):
         return theta, info
-    segments = _dynamics_material(audio)
+    segments = dynamics_material(audio)
     offset = 0.0
     if segments.shape[-1] < audio.shape[-1]:
         offset = integrated_loudness(join_excerpts(segments)[0].numpy()) - integrated_loudness(audio[0].numpy())
