@@ -68,3 +68,34 @@ MUTATIONS = [
              (f"{SPEED}::test_bench_burner_keeps_a_core_busy_until_the_block_ends",),
              "--contend's burner outlives the measured run"),
 ]
+
+SEGMENTS = "tests/test_master_segments.py"
+
+MUTATIONS += [
+    Mutation("speed-mid-side-loudness-unweighted", "LoudnessMeter.integrated", "z = np.array(energies) * w",
+             "z = np.array(energies)",
+             (f"{SEGMENTS}::test_loudness_of_mid_and_side_gives_the_loudness_after_any_side_gain",),
+             "the loudness after a side gain ignores the side gain"),
+    Mutation("speed-streamed-fnorm-loudness-without-side-gain", "StreamedFxNorm.__init__",
+             "weights=(2.0, 2.0 * self.side_gain ** 2)", "weights=(2.0, 2.0)",
+             (f"{SEGMENTS}::test_streamed_f_norm_is_the_whole_tracks",),
+             "a long input's f_norm sets its loudness before the side gain"),
+    Mutation("speed-streamed-fnorm-eq-misaligned", "StreamedFxNorm._eq_window", "[:, EQ_PAD : EQ_PAD + n]", "[:, :n]",
+             (f"{SEGMENTS}::test_streamed_f_norm_is_the_whole_tracks",),
+             "a long input's f_norm returns the window shifted by the EQ's context"),
+    Mutation("speed-streamed-fnorm-no-gain", "StreamedFxNorm.window", "* self.gain).astype", ").astype",
+             (f"{SEGMENTS}::test_streamed_f_norm_is_the_whole_tracks",),
+             "a long input's f_norm leaves the loudness where it was"),
+    Mutation("speed-segments-no-preroll", "render_segments", "a = max(0, start - preroll)", "a = start",
+             (f"{SEGMENTS}::test_render_in_segments_is_the_whole_render",),
+             "each segment of a long render starts from a fresh state: clicks and level steps at the joins"),
+    Mutation("speed-segments-no-lookahead", "render_segments", "start + n + CHAIN_LATENCY - a", "start + n - a",
+             (f"{SEGMENTS}::test_render_in_segments_is_the_whole_render",),
+             "the limiter of a long render cannot see past a segment's end"),
+    Mutation("speed-decoded-track-misplaces-range", "DecodedTrack.read", "out[:, a - start : b - start]", "out[:, : b - a]",
+             (f"{SEGMENTS}::test_a_decoded_track_reads_back_what_load_audio_decodes",),
+             "a range that starts before the track is read shifted"),
+    Mutation("speed-block-writer-counts-last-block", "write_blocks", "clipped += int(", "clipped = int(",
+             (f"{SEGMENTS}::test_a_decoded_track_reads_back_what_load_audio_decodes",),
+             "the clipped-sample count of a long master is the last block's"),
+]

@@ -51,8 +51,14 @@ class LoudnessMeter:
                 self._sums.append(self._partial)
                 self._partial, self._partial_n = np.zeros(2), 0
 
-    def integrated(self) -> float:
-        """LUFS (−inf for silence), with pyloudnorm's block layout: blocks every 100 ms."""
+    def integrated(self, weights=None) -> float:
+        """LUFS (−inf for silence), with pyloudnorm's block layout: blocks every 100 ms.
+
+        ``weights`` (one per channel, default 1 each) weight the channels' K-weighted energies:
+        a stream of mid and side fed as two channels has the loudness of L = m + g·s, R = m − g·s
+        with weights ``(2, 2 g²)`` (K-weighting is linear; the cross terms cancel), for any g.
+        """
+        w = np.ones(2) if weights is None else np.asarray(weights, dtype=np.float64)
         sums = self._sums + ([self._partial] if self._partial_n else [])
         block = 4 * self.step
         duration = self.samples / self.rate
@@ -67,7 +73,7 @@ class LoudnessMeter:
             if not parts or stop <= start:
                 continue
             energies.append(np.sum(parts, axis=0) / (stop - start))
-        z = np.array(energies)
+        z = np.array(energies) * w
         with np.errstate(divide="ignore"):
             loud = -0.691 + 10.0 * np.log10(z.sum(axis=1))
         z = z[loud >= -70.0]

@@ -15,12 +15,13 @@ or ``(6,)`` booleans (``None``: all on). The render is latency-compensated: outp
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Iterator, Optional
 
+import numpy as np
 import torch
 
 from engine import params as P
-from engine.dsp.dynamics import DYNAMICS_LATENCY, compressor_expander_gain, limiter_gain
+from engine.dsp.dynamics import CONTROL_HOP, DYNAMICS_LATENCY, compressor_expander_gain, limiter_gain
 from engine.dsp.filters import design_biquad, sosfilt, three_band_split
 from engine.errors import ChainError
 from engine.params import EQ_BANDS, MB_BANDS, SAMPLE_RATE
@@ -180,3 +181,32 @@ def render_chain(audio: torch.Tensor, params: torch.Tensor, switches: Optional[t
             raise ChainError(name, "produced NaN or infinite samples")
         x = y if bool(on.all()) else torch.where(on.view(-1, 1, 1), y, x)
     return x[..., :T]
+
+
+#: Segments of a long render (samples, 23.8 s) and the pre-roll each is rendered after (5.9 s):
+#: longer than the filters' response (engine.dsp.filters.IIR_TAIL) and than any release time,
+#: so what a fresh state changes has died out before the segment starts.
+SEGMENT, PREROLL = 1 << 20, 1 << 18
+
+
+def render_segments(read: Callable[[int, int], np.ndarray], total: int, params: torch.Tensor,
+                    switches: Optional[torch.Tensor] = None, segment: int = SEGMENT,
+                    preroll: int = PREROLL) -> Iterator[np.ndarray]:
+    """The offline render of a signal too long to hold, as consecutive ``(2, ≤ segment)`` blocks.
+
+    ``read(start, n)`` gives samples ``[start, start + n)`` of the input (zeros past its end).
+    Each segment is rendered from silence after ``preroll`` samples of the input before it and
+    with the :data:`CHAIN_LATENCY` samples after it that the lookahead reads, so the first
+    segment is :func:`render_chain` of the whole input exactly and the others differ from it by
+    what remains of a fresh state after the pre-roll (export/torch_stream.py does the same for a
+    stream; docs/export.md measures it).
+    """
+    if segment % CONTROL_HOP or preroll % CONTROL_HOP or segment <= 0:
+        raise ValueError(f"segment and preroll must be positive multiples of {CONTROL_HOP}")
+    for start in range(0, total, segment):
+        n = min(segment, total - start)
+        a = max(0, start - preroll)
+        x = np.ascontiguousarray(read(a, start + n + CHAIN_LATENCY - a), dtype=np.float32)
+        with torch.no_grad():
+            y = render_chain(torch.from_numpy(x).unsqueeze(0), params, switches, check_params=False)[0]
+        yield y[:, start - a : start - a + n].numpy()

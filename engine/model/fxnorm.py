@@ -48,12 +48,7 @@ def band_shape_db(audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarr
     x = np.asarray(audio, dtype=np.float64)
     nper = min(8192, x.shape[-1])
     f, psd = welch(x, fs=sample_rate, nperseg=nper, noverlap=nper // 2, axis=-1)
-    psd = psd.mean(0)
-    centres = third_octave_centres()
-    lo, hi = centres * 2 ** (-1 / 6), centres * 2 ** (1 / 6)
-    bands = np.array([psd[(f >= a) & (f < b)].sum() if np.any((f >= a) & (f < b)) else
-                      psd[np.argmin(np.abs(f - c))] for a, b, c in zip(lo, hi, centres)])
-    return 10 * np.log10(bands + _EPS) - 10 * np.log10(bands.sum() + _EPS)
+    return _shape_from_psd(f, psd.mean(0))
 
 
 def side_mid_ratio(audio: np.ndarray) -> float:
@@ -96,17 +91,33 @@ def load_stats(path: Optional[Union[str, Path]] = None) -> dict:
     return stats
 
 
-def _eq_to_shape(x: np.ndarray, target_db: np.ndarray, sample_rate: int) -> np.ndarray:
-    corr = np.clip(target_db - band_shape_db(x, sample_rate), -MAX_EQ_DB, MAX_EQ_DB)
-    corr = np.convolve(np.pad(corr, 1, mode="edge"), np.ones(3) / 3, mode="valid")
-    T = x.shape[-1]
-    pad = 1 << 15
-    n = next_fast_len(T + 2 * pad)
+#: Silence on each side of what the EQ filters (samples): its zero-phase response has died out there.
+EQ_PAD = 1 << 15
+
+
+def _eq_correction(shape_db: np.ndarray, target_db: np.ndarray) -> np.ndarray:
+    """Per 1/3-octave band: the EQ correction (dB), limited and smoothed over neighbours."""
+    corr = np.clip(target_db - shape_db, -MAX_EQ_DB, MAX_EQ_DB)
+    return np.convolve(np.pad(corr, 1, mode="edge"), np.ones(3) / 3, mode="valid")
+
+
+def _eq_gain(corr: np.ndarray, n: int, sample_rate: int) -> np.ndarray:
+    """The correction as a linear zero-phase gain on the rfft grid of ``n`` points."""
     freqs = np.arange(n // 2 + 1) * sample_rate / n
     logf = np.log(np.maximum(freqs, 1.0))
-    gain_db = np.interp(logf, np.log(third_octave_centres()), corr)
-    X = rfft(np.pad(x, ((0, 0), (pad, n - T - pad))), axis=-1)
-    return irfft(X * 10 ** (gain_db / 20), n, axis=-1)[:, pad : pad + T]
+    return 10 ** (np.interp(logf, np.log(third_octave_centres()), corr) / 20)
+
+
+def _apply_eq(x: np.ndarray, corr: np.ndarray, sample_rate: int) -> np.ndarray:
+    """``x`` (2, T) through the correction, with :data:`EQ_PAD` samples of silence on each side."""
+    T = x.shape[-1]
+    n = next_fast_len(T + 2 * EQ_PAD)
+    X = rfft(np.pad(x, ((0, 0), (EQ_PAD, n - T - EQ_PAD))), axis=-1)
+    return irfft(X * _eq_gain(corr, n, sample_rate), n, axis=-1)[:, EQ_PAD : EQ_PAD + T]
+
+
+def _eq_to_shape(x: np.ndarray, target_db: np.ndarray, sample_rate: int) -> np.ndarray:
+    return _apply_eq(x, _eq_correction(band_shape_db(x, sample_rate), target_db), sample_rate)
 
 
 def fx_normalize(audio: np.ndarray, stats: Optional[dict] = None, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -125,3 +136,88 @@ def fx_normalize(audio: np.ndarray, stats: Optional[dict] = None, sample_rate: i
     if math.isfinite(lufs):
         x = x * 10 ** ((stats["loudness_lufs"] - lufs) / 20)
     return x.astype(np.float32)
+
+
+class StreamedFxNorm:
+    """f_norm of a track that is not held whole (a long input): the same three steps, each
+    measured in a pass over the track in blocks, then applied to any window of it.
+
+    ``read(start, n)`` returns the input's samples ``[start, start + n)`` as ``(2, n)`` (zeros
+    outside the track; a cached decode). Pass 1 takes the Welch spectrum (:func:`band_shape_db`'s
+    segments, summed); pass 2 filters the track through the EQ window by window and takes the
+    mid and side energies and their K-weighted energies per 100 ms (the loudness after any side
+    gain follows from those exactly: :meth:`engine.analysis.meters.LoudnessMeter.integrated`).
+    :meth:`window` then gives f_norm's output for any samples: the EQ filters the window with
+    :data:`EQ_PAD` samples of the track's own context on each side instead of silence, so it
+    equals :func:`fx_normalize` of the whole track but for the EQ response beyond the pad
+    (measured: tests/test_master_segments.py).
+    """
+
+    BLOCK = 1 << 20
+
+    def __init__(self, read, total: int, stats: Optional[dict] = None, sample_rate: int = SAMPLE_RATE):
+        from scipy.signal import get_window
+
+        from engine.analysis.meters import LoudnessMeter
+
+        stats = stats or load_stats()
+        self.read, self.total, self.rate = read, total, sample_rate
+        nper = min(8192, total)
+        step = nper - nper // 2
+        window = get_window("hann", nper)
+        power, count = np.zeros(nper // 2 + 1), 0
+        starts = np.arange(0, total - nper + 1, step)              # pass 1: welch's segments, in groups
+        for group in range(0, len(starts), self.BLOCK // step):
+            seg = starts[group : group + self.BLOCK // step]
+            chunk = np.asarray(read(int(seg[0]), int(seg[-1] - seg[0]) + nper), dtype=np.float64)
+            frames = np.lib.stride_tricks.sliding_window_view(chunk, nper, axis=-1)[:, seg - seg[0]]
+            frames = frames - frames.mean(axis=-1, keepdims=True)  # welch's detrend="constant"
+            power += np.square(np.abs(np.fft.rfft(frames * window, axis=-1))).sum(axis=(0, 1))
+            count += frames.shape[1]
+        f = np.fft.rfftfreq(nper, 1.0 / sample_rate)
+        psd = power / max(count, 1) / 2      # the channels' mean; welch's constant scale cancels in the shape
+        psd[1:-1 if nper % 2 == 0 else None] *= 2
+        self.silent = count == 0 or not np.any(power > 0)
+        self.corr = _eq_correction(_shape_from_psd(f, psd), np.asarray(stats["spectrum_shape_db"]))
+        self.side_gain, self.gain = 1.0, 1.0
+        if self.silent:
+            return
+        energy, meter = np.zeros(2), LoudnessMeter(sample_rate)     # pass 2: after the EQ
+        for start in range(0, total, self.BLOCK):
+            x = self._eq_window(start, min(self.BLOCK, total - start))
+            m, s = 0.5 * (x[0] + x[1]), 0.5 * (x[0] - x[1])
+            energy += [np.sum(np.square(m)), np.sum(np.square(s))]
+            meter.add(np.stack([m, s]))
+        r = float(4 * energy[1] / (4 * energy[0] + _EPS))   # side_mid_ratio of the EQ'd track
+        g = math.sqrt(stats["side_mid_ratio"] / max(r, 1e-12))
+        self.side_gain = min(max(g, SIDE_GAIN_LIMITS[0]), SIDE_GAIN_LIMITS[1])
+        lufs = meter.integrated(weights=(2.0, 2.0 * self.side_gain ** 2))
+        if math.isfinite(lufs):
+            self.gain = 10 ** ((stats["loudness_lufs"] - lufs) / 20)
+
+    def _eq_window(self, start: int, n: int) -> np.ndarray:
+        x = np.asarray(self.read(start - EQ_PAD, n + 2 * EQ_PAD), dtype=np.float64)
+        N = next_fast_len(x.shape[-1])
+        return irfft(rfft(x, N, axis=-1) * _eq_gain(self.corr, N, self.rate), N, axis=-1)[:, EQ_PAD : EQ_PAD + n]
+
+    def window(self, start: int, n: int) -> np.ndarray:
+        """f_norm(track)[:, start : start + n] as (2, n) float32."""
+        if self.silent:
+            return np.asarray(self.read(start, n), dtype=np.float32)
+        x = self._eq_window(start, n)
+        m, s = 0.5 * (x[0] + x[1]), 0.5 * (x[0] - x[1]) * self.side_gain
+        return (np.stack([m + s, m - s]) * self.gain).astype(np.float32)
+
+    def blocks(self, size: int = BLOCK):
+        """The whole f_norm(track) as consecutive (2, ≤ size) blocks."""
+        for start in range(0, self.total, size):
+            yield self.window(start, min(size, self.total - start))
+
+
+def _shape_from_psd(f: np.ndarray, psd: np.ndarray) -> np.ndarray:
+    """:func:`band_shape_db`'s 1/3-octave shape from a power spectral density on the grid ``f``."""
+    centres = third_octave_centres()
+    lo, hi = centres * 2 ** (-1 / 6), centres * 2 ** (1 / 6)
+    bands = np.array([psd[(f >= a) & (f < b)].sum() if np.any((f >= a) & (f < b)) else
+                      psd[np.argmin(np.abs(f - c))] for a, b, c in zip(lo, hi, centres)])
+    return 10 * np.log10(bands + _EPS) - 10 * np.log10(bands.sum() + _EPS)
