@@ -3,9 +3,10 @@
 A nudge word is a change of the Audio Features *relative to the current output*: we take the
 output's features, change the ones the word is about, and run ITO towards those target features
 with a loss that anchors everything else (so "wider" does not also make it louder). Words
-combine ("brighter, wider"). Text prompts through a CLAP model would plug in as another
-objective (``engine.mastering.ito.Objective``); no CLAP model can be downloaded here, so the vocabulary is
-fixed.
+combine ("brighter, wider"). Genre and mood prompts ("hip-hop", "metal, brighter": any tag of
+musicnn's two vocabularies, :mod:`engine.mastering.prompts`) go in the same list: they add the
+tagger's ``−log p(tag)`` to the same objective, and the feature term, aimed at the current output's
+features, is what keeps the master anchored.
 
 Vocabulary (dB changes apply to the bark spectrum of mid and side):
 =============  ==========================================================
@@ -34,6 +35,7 @@ import torch
 from engine.analysis.features import AudioFeatureLoss, audio_features, bark_band_centres
 from engine.errors import RefmasterError
 from engine.mastering.ito import join_excerpts
+from engine.mastering.prompts import PROMPT_WEIGHT, describe_vocabulary, prompt_loss, resolve
 
 _LN_DB = math.log(10.0) / 20.0  # dB -> natural-log magnitude
 
@@ -103,13 +105,20 @@ NUDGE_WEIGHTS = {"rms": 10.0, "crest": 0.05, "width": 20.0, "imbalance": 1.0, "b
 
 
 def parse_nudges(text: str) -> List[str]:
-    """``"brighter, wider"`` -> ``["brighter", "wider"]``; unknown words are an error naming them."""
+    """``"metal, brighter"`` -> ``["metal", "brighter"]``: nudge words and prompt tags (synonyms
+    resolved to their tags, each word once); unknown words are one error line naming them and
+    listing the whole vocabulary."""
     words = [re.sub(r"\s+", " ", w.strip().lower()) for w in re.split(r"[,;+]", text) if w.strip()]
-    unknown = [w for w in words if w not in NUDGES]
+    out: List[str] = []
+    unknown = []
+    for w in words:
+        found = [w] if w in NUDGES else resolve(w)
+        unknown += [] if found else [w]
+        out += [f for f in found if f not in out]
     if unknown or not words:
-        raise RefmasterError(f"unknown nudge {', '.join(repr(w) for w in unknown) or repr(text)}; "
-                             f"choose from: {', '.join(NUDGES)}")
-    return words
+        raise RefmasterError(f"unknown nudge or prompt {', '.join(repr(w) for w in unknown) or repr(text)}; "
+                             f"nudges: {', '.join(NUDGES)}; {describe_vocabulary()}")
+    return out
 
 
 def nudge_targets(current: torch.Tensor, words: List[str]) -> Dict[str, torch.Tensor]:
@@ -122,13 +131,16 @@ def nudge_targets(current: torch.Tensor, words: List[str]) -> Dict[str, torch.Te
 
 
 def nudge_objective(current: torch.Tensor, words: List[str]):
-    """An ITO objective pulling the output's features to :func:`nudge_targets`."""
+    """An ITO objective pulling the output's features to :func:`nudge_targets` of the nudge words,
+    plus :data:`~engine.mastering.prompts.PROMPT_WEIGHT` × the tagger's loss of the prompt tags."""
 
-    targets = nudge_targets(current, words)
+    tags = [w for w in words if w not in NUDGES]
+    targets = nudge_targets(current, [w for w in words if w in NUDGES])
     loss = AudioFeatureLoss(NUDGE_WEIGHTS)
 
     def objective(y: torch.Tensor) -> torch.Tensor:
-        return loss(join_excerpts(y), ref_features=targets)[0]
+        total = loss(join_excerpts(y), ref_features=targets)[0]
+        return total + PROMPT_WEIGHT * prompt_loss(y, tags) if tags else total
 
     return objective
 
