@@ -32,6 +32,7 @@ COMMAND_MODULES = [
     "bridge.cli.corpus",
     "bridge.cli.master",
     "bridge.cli.evaluation",
+    "bridge.cli.prompts",
     "bridge.cli.preset",
     "bridge.cli.osc",
     "bridge.cli.serve",

@@ -28,6 +28,11 @@ from engine.io.jsonfile import dumps_strict  # --json is strict JSON: null, neve
 MIN_MASTER_SECONDS = 1.0
 
 
+def nudge_words(args):
+    """--nudge and --prompt together: one list of words for the nudge phase (None when neither is given)."""
+    return ", ".join(w for w in (args.nudge, args.prompt) if w) or None
+
+
 def _fit_length(y: np.ndarray, n: int) -> np.ndarray:
     return np.pad(y, ((0, 0), (0, max(0, n - y.shape[1]))))[:, :n]
 
@@ -49,7 +54,7 @@ def _settings(args):
                           match_loudness=not args.no_loudness_match, match_dynamics=not args.no_dynamics_match,
                           drv_weight=d.drv_weight if args.drv_weight is None else args.drv_weight,
                           theta_steps=steps if args.ito_target == "params" else P.THETA_STEPS,
-                          nudge=args.nudge)
+                          nudge=nudge_words(args))
 
 
 def _inputs(args):
@@ -67,8 +72,8 @@ def _inputs(args):
     check_output(out, inputs)  # before ~20 s of work: never over an input, never unwritable
     if args.plot:
         check_plot_path(args.plot, inputs + (out,))
-    if args.nudge:
-        parse_nudges(args.nudge)  # fail before the heavy work
+    if nudge_words(args):
+        parse_nudges(nudge_words(args))  # fail before the heavy work
     settings = _settings(args)
     if args.ito_target == "params" and args.model != "white-box":
         raise RefmasterError("--ito-target params needs --model white-box (the black-box model has no parameters)")
@@ -252,7 +257,9 @@ def register(sub) -> dict:
     p.add_argument("--ito-ref", help="optimise towards this track instead (merging styles)")
     p.add_argument("--ito-target", choices=["embedding", "params"], default="embedding",
                    help="what ITO optimises: z_ref (default) or Θ directly (the paper's baseline, 2000 steps by default)")
-    p.add_argument("--nudge", help='e.g. "brighter, wider" (see docs; fixed vocabulary)')
+    p.add_argument("--nudge", help='e.g. "brighter, wider" or "metal, brighter": nudge words and prompt tags (docs/prompts.md)')
+    p.add_argument("--prompt", help='a genre or mood, e.g. "hip-hop": any tag of musicnn\'s two vocabularies (docs/prompts.md); '
+                   "combines with --nudge")
     p.add_argument("--plot", metavar="PNG", help="input / master / reference at a glance")
     p.add_argument("--json", action="store_true", help="machine-readable report")
     add_presets_option(p)
