@@ -26,3 +26,8 @@ MUTATIONS = [
              (f"{METER}::test_the_table_marks_pinned_parameters_and_shows_gain_reduction",),
              "the Θ table does not mark a parameter at its limit"),
 ]
+MUTATIONS += [
+    Mutation("eval-pinned-not-recorded", "run_system", 'info["pinned"] = sorted(P.pinned(result.chain.values))', "pass",
+             ("tests/test_eval_commands.py::test_eval_scores_are_the_measures_of_each_pair_and_the_table_holds_their_medians",),
+             "eval does not record which parameters a master left at a range limit"),
+]

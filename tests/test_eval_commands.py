@@ -156,6 +156,10 @@ def test_eval_scores_are_the_measures_of_each_pair_and_the_table_holds_their_med
     assert one["input"]["d_lufs"] == pytest.approx(rows[0]["d_lufs"], abs=1e-9)
     assert one["ours-noito"]["d_lufs"] < 0.5 < one["input"]["d_lufs"]
     assert one["ours-noito"]["af"] < one["input"]["af"]
+    # the white-box masters say which parameters ended at a range limit, and the summary counts them
+    summary = json.loads(out)["summary"]["ours-noito"]
+    assert isinstance(one["ours-noito"]["pinned"], list) and "pinned" not in one["input"]
+    assert summary["pinned_masters"] == int(bool(one["ours-noito"]["pinned"]))
 
 
 # ------------------------------------------------------------------ eval-synthetic

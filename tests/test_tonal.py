@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from engine import params as P
-from engine.analysis.features import integrated_loudness, stereo_width
+from engine.analysis.features import integrated_loudness, mid_side, stereo_width
 from engine.dsp.chain import render_chain
 from engine.mastering.evaluation import bark_distance_db
 from engine.mastering.tonal import BALANCE_KEYS, balance_distance_db, balance_of, match_tonal_balance
@@ -68,6 +68,19 @@ def test_the_imager_restores_a_known_width_difference(song):
     assert abs(width(song) - width(reference)) > 0.3 * width(reference)
     assert abs(width(y) - width(reference)) < 0.1 * width(reference)
     assert float(theta[P.PARAM_INDEX["imager.width"]]) > 0.6
+
+
+def test_the_width_holds_when_the_reference_side_is_brighter_than_its_mid(song):
+    """The EQ moves mid and side alike: matching a side brighter than the mid spectrum by spectrum
+    alone would widen the master well past the reference; the width term keeps it there."""
+    m, s = mid_side(song)
+    bright = _theta(**{"eq.high_shelf_gain": 12.0, "eq.high_shelf_freq": 4000.0})
+    s = render_chain(torch.stack([s, s], 1), bright, torch.tensor([True] + [False] * 5), check_params=False)[:, 0]
+    reference = torch.stack([m + s, m - s], 1) * 2 ** -0.5
+    theta, _ = match_tonal_balance(_theta(), _render(song), balance_of(reference))
+    width = lambda a: float(stereo_width(a))  # noqa: E731
+    y = render_chain(song, theta, check_params=False)
+    assert abs(width(y) - width(reference)) < 0.03 * width(reference)
 
 
 def test_only_eq_width_and_gain_move_and_all_stay_in_range(song):

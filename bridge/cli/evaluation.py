@@ -23,6 +23,10 @@ def format_table(result: dict) -> str:
     for name, s in result["summary"].items():
         if name != "input":
             lines.append(f"{name:<15}" + "".join(f"{s['worse_than_input'][k]:>10}" for k, _, _ in COLUMNS[:-1]))
+    pinned = {n: s["pinned_masters"] for n, s in result["summary"].items() if "pinned_masters" in s}
+    if pinned:
+        lines.append("masters with a parameter pinned at a range limit: " +
+                     ", ".join(f"{n} {k} of {result['pairs']}" for n, k in pinned.items()))
     if "ito_improves_af_fraction" in result:
         lines.append(f"ITO improves AF over ours-noito on {100 * result['ito_improves_af_fraction']:.0f}% of pairs")
     return "\n".join(lines)
@@ -59,7 +63,8 @@ def cmd_eval(args) -> int:
     try:
         result = compare_systems(folder, systems, models, pairs=pairs, seconds=seconds, seed=args.seed,
                                  ito_steps=args.ito_steps, theta_steps=args.theta_steps, ito_lr=args.lr,
-                                 drv_weight=args.drv_weight, corpus=Path(args.corpus) if args.corpus else None)
+                                 drv_weight=args.drv_weight, corpus=Path(args.corpus) if args.corpus else None,
+                                 split=args.split)
     except FileNotFoundError as e:
         raise RefmasterError(str(e)) from None
     if args.json:
@@ -97,6 +102,8 @@ def register(sub) -> dict:
     p.add_argument("folder", nargs="?", help="folder of songs (at least two)")
     p.add_argument("--corpus", metavar="DIR", help="pairs from the test split of a corpus (`refmaster corpus build`): "
                    "songs nobody trained on")
+    p.add_argument("--split", choices=("test", "validation"), default="test",
+                   help="with --corpus: the split the pairs come from (tune on validation, report on test)")
     p.add_argument("--pairs", type=int, help="pairs of different songs (default 12; 24 with --corpus)")
     p.add_argument("--seconds", type=float, help="excerpt length (default 10 s; 30 s with --corpus)")
     p.add_argument("--seed", type=int, default=0)

@@ -240,9 +240,10 @@ def matchering_master(x: np.ndarray, ref: np.ndarray) -> np.ndarray:
 
 def run_system(name: str, x: np.ndarray, ref: np.ndarray, models: Dict[str, MasteringModel],
                ito_steps: int = P.ITO_STEPS, theta_steps: int = P.THETA_STEPS, ito_lr: Optional[float] = None,
-               drv_weight: Optional[float] = None) -> np.ndarray:
+               drv_weight: Optional[float] = None, info: Optional[dict] = None) -> np.ndarray:
     """One system's master of ``x`` towards ``ref``; ``ito_lr`` / ``drv_weight`` override the
-    master command's defaults (the learning rate only for ITO on z_ref)."""
+    master command's defaults (the learning rate only for ITO on z_ref). ``info``, when given,
+    receives ``pinned`` (the parameters at a range limit) for the white-box systems."""
 
     common = {} if drv_weight is None else {"drv_weight": drv_weight}
     on_z = dict(common, **({} if ito_lr is None else {"lr": ito_lr}))
@@ -250,15 +251,17 @@ def run_system(name: str, x: np.ndarray, ref: np.ndarray, models: Dict[str, Mast
         return x
     if name == "matchering":
         return matchering_master(x, ref)
-    if name == "ours-noito":
-        return master(models["white-box"], x, ref, MasterSettings(ito=False, **common)).output
-    if name == "ours":
-        return master(models["white-box"], x, ref, MasterSettings(ito_steps=ito_steps, **on_z)).output
-    if name == "ours-blackbox":
-        return master(models["black-box"], x, ref, MasterSettings(ito_steps=ito_steps, **on_z)).output
-    if name == "ito-theta":
-        return master(models["white-box"], x, ref, MasterSettings(ito_target="params", theta_steps=theta_steps, **common)).output
-    raise UsageError(f"unknown system {name!r} (one of {', '.join(SYSTEMS)})")
+    settings = {"ours-noito": ("white-box", MasterSettings(ito=False, **common)),
+                "ours": ("white-box", MasterSettings(ito_steps=ito_steps, **on_z)),
+                "ours-blackbox": ("black-box", MasterSettings(ito_steps=ito_steps, **on_z)),
+                "ito-theta": ("white-box", MasterSettings(ito_target="params", theta_steps=theta_steps, **common))}
+    if name not in settings:
+        raise UsageError(f"unknown system {name!r} (one of {', '.join(SYSTEMS)})")
+    kind, s = settings[name]
+    result = master(models[kind], x, ref, s)
+    if info is not None and result.chain is not None:
+        info["pinned"] = sorted(P.pinned(result.chain.values))
+    return result.output
 
 
 #: The metrics of :func:`score`, all "output vs reference, lower is better".
@@ -287,11 +290,12 @@ def compare_systems(data_dir: Optional[Path], systems: Sequence[str], models: Di
     for pr in todo:
         for sysname in systems:
             t0 = _time.time()
-            y = run_system(sysname, pr.input, pr.reference, models, ito_steps, theta_steps, ito_lr, drv_weight)
+            info: dict = {}
+            y = run_system(sysname, pr.input, pr.reference, models, ito_steps, theta_steps, ito_lr, drv_weight, info)
             took = _time.time() - t0
             release_memory()
             rows.append({"system": sysname, "input": pr.input_name, "reference": pr.reference_name,
-                         "seconds": took, **score(y, pr.reference)})
+                         "seconds": took, **score(y, pr.reference), **info})
             bar.update(1)
     bar.close()
     summary = {}
@@ -303,6 +307,8 @@ def compare_systems(data_dir: Optional[Path], systems: Sequence[str], models: Di
             k: int(sum(row[k] > untouched[(row["input"], row["reference"])][k] for row in r
                        if np.isfinite(row[k]) and np.isfinite(untouched[(row["input"], row["reference"])][k])))
             for k in METRICS}
+        if any("pinned" in row for row in r):
+            summary[sysname]["pinned_masters"] = int(sum(bool(row.get("pinned")) for row in r))
     out = {"pairs": len(todo), "seconds_per_excerpt": seconds, "seed": seed, "summary": summary, "rows": rows,
            "source": f"corpus {corpus} ({split} split)" if corpus is not None else str(data_dir)}
     if "ours" in systems and "ours-noito" in systems:
