@@ -79,11 +79,11 @@ MUTATIONS = [
              (f"{EVAL}::test_fxnorm_stats_of_a_folder_and_f_norm_with_them",),
              "the side/mid target is the arithmetic, not the geometric, mean"),
     Mutation("paths-fxnorm-stats-ignores-output", "cmd_fxnorm_stats",
-             "out = Path(args.output) if args.output else STATS_PATH", "out = STATS_PATH",
+             "out = check_output(Path(args.output) if args.output else STATS_PATH)", "out = check_output(STATS_PATH)",
              (f"{EVAL}::test_fxnorm_stats_of_a_folder_and_f_norm_with_them",),
              "fxnorm-stats -o FILE overwrites the engine's statistics instead"),
     # 8. OSC ITO / nudge with the real engine
-    Mutation("paths-osc-ito-result-not-applied", "OscServer._start_ito",
+    Mutation("paths-osc-ito-result-not-applied", "Commands._start_ito",
              "self.state.load(result.chain,", "self.state.load(req.chain,",
              (f"{OSC}::test_osc_ito_run_and_nudge_with_the_real_engine",),
              "the server answers ok but keeps the old Θ"),
