@@ -58,10 +58,9 @@ PREFERRED_TAGGER = "MSD_musicnn"
 def vocabulary() -> Dict[str, Tuple[str, int]]:
     """``{tag: (tagger name, output index)}`` over both taggers, tags in lower case."""
     vocab: Dict[str, Tuple[str, int]] = {}
-    for model, (_, labels) in MODELS.items():
-        for i, label in enumerate(labels):
-            if _key(label) not in vocab or model == PREFERRED_TAGGER:
-                vocab[_key(label)] = (model, i)
+    for model in sorted(MODELS, key=lambda m: m == PREFERRED_TAGGER):  # the preferred one last: it overrides
+        for i, label in enumerate(MODELS[model][1]):
+            vocab[_key(label)] = (model, i)
     return vocab
 
 
