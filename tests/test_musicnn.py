@@ -151,6 +151,7 @@ def test_the_prompt_objective_is_the_taggers_loss_plus_the_anchor(excerpt):
     assert 0 < float(tag) < 20
 
 
+@pytest.mark.slow
 def test_prompt_ito_raises_the_probability_of_the_prompted_tag(excerpt):
     """A few ITO steps on Θ with the prompt objective: the tagger hears more of the tag."""
     from engine import params as P
@@ -168,3 +169,122 @@ def test_prompt_ito_raises_the_probability_of_the_prompted_tag(excerpt):
     assert min(r.losses) < r.losses[0]
     before, after = tag_probabilities(start, ["metal"])["metal"], tag_probabilities(end, ["metal"])["metal"]
     assert after > before * 1.05, (before, after)
+
+
+@pytest.mark.slow
+def test_osc_nudge_takes_a_prompt_and_refuses_an_unknown_word_in_one_line(tmp_path):
+    """`/refmaster/nudge "hip-hop"` through the real serve handlers: the master moves; "polka" is an error reply."""
+    import dataclasses
+
+    from pythonosc.udp_client import SimpleUDPClient
+
+    from bridge.cli.serve import ito_handlers
+    from bridge.osc import space as A
+    from bridge.osc.server import OscServer
+    from bridge.osc.state import BridgeState
+    from engine import params as P
+    from engine.model.synth import synth_song
+    from presets import Preset, PresetStore
+    from test_osc_ito_engine import HOST, Collector, _reply_to
+
+    wait = 600.0  # only a guard against a hang: a master with a prompt step takes seconds, minutes on a busy machine
+    song, reference = synth_song(21, 2.0), synth_song(22, 2.0)
+    store = PresetStore(tmp_path / "presets")
+    preset = Preset.new("live", P.ChainParams.default())
+    store.save(preset)
+    state = BridgeState(preset.chain)
+    _, run_nudge = ito_handlers(preset, song, reference)
+    asked = []
+
+    def nudge(req):
+        asked.append(req.words)
+        return run_nudge(dataclasses.replace(req, steps=2))
+
+    sub = Collector()
+    server = OscServer(state, HOST, 0, store=store, preset=preset, nudge_handler=nudge, song=song,
+                       reference=reference, log=lambda m: None).start()
+    client = SimpleUDPClient(HOST, server.address[1])
+    try:
+        client.send_message(A.SUBSCRIBE, [HOST, sub.port])
+        sub.wait_for(lambda ms: any(a == A.DUMP_DONE for a, _ in ms), 10)
+        before = state.snapshot()
+        client.send_message(A.NUDGE, ["Hip-Hop Music"])
+        kind, args = sub.wait_for(_reply_to(A.NUDGE), wait)
+        assert kind == A.OK, args
+        after = state.snapshot()
+        assert any(abs(after.values[k] - before.values[k]) > 1e-6 for k in P.PARAM_KEYS)
+        assert server.preset.ito["settings"]["nudge"] == "hip-hop"  # the tag, resolved, is what ITO ran on
+        n = len(sub)
+        client.send_message(A.NUDGE, ["metal, polka"])
+        kind, args = sub.wait_for(lambda ms: _reply_to(A.NUDGE)(ms[n:]), wait)
+        assert kind == A.ERROR and "'polka'" in args[-1] and "tags:" in args[-1] and "\n" not in args[-1]
+        assert state.snapshot().values == after.values  # refused: nothing changed
+        assert asked == ["Hip-Hop Music", "metal, polka"]
+    finally:
+        server.close()
+        sub.close()
+
+
+# ------------------------------------------------------------------------------ FAD_musicnn
+
+def test_frechet_distance_is_the_distance_of_the_two_gaussians():
+    from engine.mastering.naturalness import frechet_distance, statistics
+
+    mu_a, mu_b = np.array([0.0, 1.0, 2.0]), np.array([1.0, 1.0, 0.0])
+    var_a, var_b = np.array([1.0, 4.0, 9.0]), np.array([4.0, 1.0, 1.0])
+    want = np.sum((mu_a - mu_b) ** 2) + np.sum((np.sqrt(var_a) - np.sqrt(var_b)) ** 2)  # diagonal Σ: closed form
+    assert frechet_distance((mu_a, np.diag(var_a), 0), (mu_b, np.diag(var_b), 0)) == pytest.approx(want, rel=1e-12)
+    rng = np.random.default_rng(0)
+    a = statistics([rng.standard_normal((40, 200))])             # fewer patches than dimensions: singular Σ
+    b = statistics([rng.standard_normal((30, 200)) * 2 + 0.5])
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-4)     # of tr Σ ≈ 200
+    assert np.isfinite(frechet_distance(a, b)) and frechet_distance(a, b) > frechet_distance(a, a) + 100
+    assert frechet_distance(a, b) == pytest.approx(frechet_distance(b, a), rel=1e-7)
+
+
+def _songs_folder(path, seconds=7.0):
+    import soundfile as sf
+
+    from engine.model.synth import synth_song
+
+    path.mkdir()
+    for seed in (61, 62, 63):
+        sf.write(path / f"song{seed}.wav", synth_song(seed, seconds).T, 44100)
+    return path
+
+
+def test_eval_shows_fad_musicnn_next_to_af(tmp_path, capsys):
+    from bridge.cli import main
+    from engine.mastering.evaluation import real_pairs
+    from engine.mastering.naturalness import embeddings, frechet_distance, real_music_statistics, statistics
+    from engine.model.dataset import list_songs
+
+    folder = _songs_folder(tmp_path / "songs")
+    argv = ["eval", str(folder), "--pairs", "2", "--seconds", "6.5", "--seed", "3", "--systems", "input"]
+    assert main(argv + ["--fad", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    # the untouched inputs of the pairs against the folder's real songs, by the definition
+    pairs = real_pairs(folder, 2, 6.5, 3)
+    want = frechet_distance(statistics(embeddings(p.input) for p in pairs), real_music_statistics(list_songs(folder)))
+    assert r["summary"]["input"]["fad_musicnn"] == pytest.approx(want, rel=1e-6)
+    assert main(argv + ["--fad"]) == 0
+    head, row = [l.split() for l in capsys.readouterr().out.splitlines()[1:3]]
+    assert head[:3] == ["system", "AF", "FAD"] and float(row[2]) == pytest.approx(want, abs=0.006)
+    assert main(argv) == 0                               # a folder: FAD only when asked
+    assert "FAD" not in capsys.readouterr().out.splitlines()[1]
+
+
+@pytest.mark.slow
+def test_eval_ito_curve_prints_af_and_fad_after_each_step_count(tmp_path, capsys, monkeypatch):
+    import engine.mastering.ito_curve as curve
+    from bridge.cli import main
+
+    monkeypatch.setattr(curve, "CURVE_STEPS", (0, 2))    # the real curve is 0, 10, 25, 50, 100
+    folder = _songs_folder(tmp_path / "songs", 4.0)
+    assert main(["eval", str(folder), "--ito-curve", "--pairs", "1", "--seconds", "3.5", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert [c["steps"] for c in r["curve"]] == [0, 2] and len(r["rows"]) == 2
+    none, two = r["rows"]
+    assert none["steps_run"] == 0 and 1 <= two["steps_run"] <= 2
+    assert all(np.isfinite(c["af"]) and np.isfinite(c["fad_musicnn"]) for c in r["curve"])
+    assert r["curve"][0]["fad_musicnn"] != r["curve"][1]["fad_musicnn"]  # ITO changed the master

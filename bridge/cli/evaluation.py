@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from engine import params as P
@@ -12,13 +13,19 @@ COLUMNS = [("af", "AF", "{:.4f}"), ("d_drv", "ΔDRV dB", "{:.2f}"), ("d_lufs", "
            ("bark_db", "bark dB", "{:.2f}"), ("d_width", "Δwidth", "{:.3f}"), ("seconds", "s/track", "{:.1f}")]
 
 
+#: FAD_musicnn (naturalness: distance to real music, lower is more natural), shown next to AF when measured.
+FAD_COLUMN = ("fad_musicnn", "FAD", "{:.2f}")
+
+
 def format_table(result: dict) -> str:
-    head = f"{'system':<15}" + "".join(f"{label:>10}" for _, label, _ in COLUMNS)
+    columns = COLUMNS[:1] + [FAD_COLUMN] + COLUMNS[1:] if any("fad_musicnn" in s for s in result["summary"].values()) \
+        else COLUMNS
+    head = f"{'system':<15}" + "".join(f"{label:>10}" for _, label, _ in columns)
     lines = [f"{result.get('source', '')}: median over {result['pairs']} pairs of different songs "
              f"({result['seconds_per_excerpt']:g} s excerpts, seed {result['seed']}); output vs reference, lower is better",
              head]
     for name, s in result["summary"].items():
-        lines.append(f"{name:<15}" + "".join(f"{fmt.format(s[k]):>10}" for k, _, fmt in COLUMNS))
+        lines.append(f"{name:<15}" + "".join(f"{fmt.format(s[k]):>10}" for k, _, fmt in columns))
     lines.append(f"pairs worse than the untouched input ({result['pairs']} pairs):")
     for name, s in result["summary"].items():
         if name != "input":
@@ -29,7 +36,34 @@ def format_table(result: dict) -> str:
                      ", ".join(f"{n} {k} of {result['pairs']}" for n, k in pinned.items()))
     if "ito_improves_af_fraction" in result:
         lines.append(f"ITO improves AF over ours-noito on {100 * result['ito_improves_af_fraction']:.0f}% of pairs")
+    if columns is not COLUMNS:
+        lines.append("FAD: FAD_musicnn of all of a system's masters against the real songs of the split (or folder)")
     return "\n".join(lines)
+
+
+def format_curve(result: dict) -> str:
+    lines = [f"{result['source']}: white-box master after N ITO steps, {result['pairs']} pairs of different songs "
+             f"({result['seconds_per_excerpt']:g} s excerpts, seed {result['seed']}); AF median over pairs (to the "
+             f"reference), FAD_musicnn over all pairs (to real music); lower is better",
+             f"{'ITO steps':>10}{'AF':>10}{'FAD':>10}{'best step':>11}{'s/track':>10}"]
+    for c in result["curve"]:
+        lines.append(f"{c['steps']:>10}{c['af']:>10.4f}{c['fad_musicnn']:>10.2f}{c['best_step']:>11.0f}{c['seconds']:>10.1f}")
+    lines.append(f"the default (master, serve, eval) is {P.ITO_STEPS} steps")
+    return "\n".join(lines)
+
+
+def _ito_curve(args, folder, pairs: int, seconds: float) -> int:
+    from engine.mastering.ito_curve import ito_curve
+    from engine.model.networks import load_model
+
+    try:
+        result = ito_curve(load_model("white-box", args.weights), folder, pairs=pairs, seconds=seconds, seed=args.seed,
+                           ito_lr=args.lr, drv_weight=args.drv_weight,
+                           corpus=Path(args.corpus) if args.corpus else None, split=args.split)
+    except FileNotFoundError as e:
+        raise RefmasterError(str(e)) from None
+    print(dumps_strict(result, indent=2) if args.json else format_curve(result))
+    return 0
 
 
 def cmd_eval(args) -> int:
@@ -43,6 +77,8 @@ def cmd_eval(args) -> int:
         raise RefmasterError(f"{folder}: not a folder")
     pairs = args.pairs if args.pairs is not None else (24 if args.corpus else 12)
     seconds = args.seconds if args.seconds is not None else (30.0 if args.corpus else 10.0)
+    if args.ito_curve:
+        return _ito_curve(args, folder, pairs, seconds)
     systems = [s.strip() for s in args.systems.split(",")] if args.systems else list(SYSTEMS)
     unknown = [s for s in systems if s not in SYSTEMS]
     if unknown:
@@ -64,7 +100,7 @@ def cmd_eval(args) -> int:
         result = compare_systems(folder, systems, models, pairs=pairs, seconds=seconds, seed=args.seed,
                                  ito_steps=args.ito_steps, theta_steps=args.theta_steps, ito_lr=args.lr,
                                  drv_weight=args.drv_weight, corpus=Path(args.corpus) if args.corpus else None,
-                                 split=args.split)
+                                 split=args.split, fad=args.fad if args.fad is not None else args.corpus is not None)
     except FileNotFoundError as e:
         raise RefmasterError(str(e)) from None
     if args.json:
@@ -114,6 +150,10 @@ def register(sub) -> dict:
     p.add_argument("--theta-steps", type=int, default=P.THETA_STEPS, help="steps of the ITO-on-Θ baseline")
     p.add_argument("--weights", help="white-box weights instead of the shipped ones")
     p.add_argument("--blackbox-weights", help="black-box weights instead of the shipped ones")
+    p.add_argument("--fad", action=argparse.BooleanOptionalAction, default=None,
+                   help="FAD_musicnn per system, next to AF (default: on with --corpus, off with a FOLDER)")
+    p.add_argument("--ito-curve", action="store_true",
+                   help="instead of the systems: AF and FAD_musicnn of the white-box master after 0, 10, 25, 50, 100 ITO steps")
     p.add_argument("--json", action="store_true")
     n = sub.add_parser("eval-nudges", help="does each nudge word move its feature the right way on real songs?")
     n.add_argument("folder", help="folder of songs (at least two)")

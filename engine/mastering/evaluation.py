@@ -271,12 +271,16 @@ METRICS = ("af", "d_drv", "d_lufs", "bark_db", "d_width")
 def compare_systems(data_dir: Optional[Path], systems: Sequence[str], models: Dict[str, MasteringModel], pairs: int = 12,
                     seconds: float = 10.0, seed: int = 0, ito_steps: int = P.ITO_STEPS, theta_steps: int = P.THETA_STEPS,
                     ito_lr: Optional[float] = None, drv_weight: Optional[float] = None, progress: bool = True,
-                    corpus: Optional[Path] = None, split: str = "test") -> dict:
+                    corpus: Optional[Path] = None, split: str = "test", fad: bool = False) -> dict:
     """Run ``systems`` on seeded pairs of different songs; per-pair scores, per-system medians and,
     per metric, on how many pairs a system ended further from the reference than the untouched input.
 
     ``corpus``: pairs from one split of a built corpus (the test split: songs nobody trained on)
-    instead of the folder ``data_dir``."""
+    instead of the folder ``data_dir``. ``fad``: also each system's FAD_musicnn
+    (:mod:`engine.mastering.naturalness`) against the real songs of that split (or folder)."""
+    from engine.mastering.naturalness import FadCollector
+
+    collector = FadCollector() if fad else None
     rows = []
     if corpus is not None:
         from engine.model.corpus import load_manifest, split_files
@@ -294,6 +298,8 @@ def compare_systems(data_dir: Optional[Path], systems: Sequence[str], models: Di
             y = run_system(sysname, pr.input, pr.reference, models, ito_steps, theta_steps, ito_lr, drv_weight, info)
             took = _time.time() - t0
             release_memory()
+            if collector is not None:
+                collector.add(sysname, y)
             rows.append({"system": sysname, "input": pr.input_name, "reference": pr.reference_name,
                          "seconds": took, **score(y, pr.reference), **info})
             bar.update(1)
@@ -309,6 +315,15 @@ def compare_systems(data_dir: Optional[Path], systems: Sequence[str], models: Di
             for k in METRICS}
         if any("pinned" in row for row in r):
             summary[sysname]["pinned_masters"] = int(sum(bool(row.get("pinned")) for row in r))
+    if collector is not None:
+        if corpus is not None:
+            from engine.model.corpus import split_files
+
+            real_files = split_files(corpus, split)
+        else:
+            real_files = list_songs(data_dir)
+        for sysname, distance in collector.distances(real_files).items():
+            summary[sysname]["fad_musicnn"] = distance
     out = {"pairs": len(todo), "seconds_per_excerpt": seconds, "seed": seed, "summary": summary, "rows": rows,
            "source": f"corpus {corpus} ({split} split)" if corpus is not None else str(data_dir)}
     if "ours" in systems and "ours-noito" in systems:
