@@ -39,9 +39,11 @@ from engine.errors import ParamError, RefmasterError
 if TYPE_CHECKING:  # for the annotations; the functions import torch where they make a tensor (start-up without it)
     import torch
 
-#: The rate the engine runs at (Hz): the chain, the features, Φ and Ψ. Audio at other rates is
-#: resampled on the way in and out (engine.io.audio).
+#: The rate the models run at (Hz): features, Φ, Ψ, ITO and the matches (audio is resampled to it
+#: on the way in: engine.io.audio). The chain runs natively at any whole rate in CHAIN_RATES
+#: (filters designed, time constants converted for it; engine/rates.py): render, master, the insert.
 SAMPLE_RATE = 44100
+CHAIN_RATES = (22050, 192000)
 
 #: ITO step counts, defined once for every caller (CLI, OSC, serve, evaluation): the default on
 #: z_ref (SPEC.md: up to 100 steps), the default of the paper's baseline on Θ, and the most
@@ -138,6 +140,7 @@ class ParamSpec:
                 return end
         return None
 
+
 #: The EQ's sections in chain order: ``(parameter prefix, filter kind)``, with each band's
 #: label and centre/corner frequency range and default (Hz). Every table of bands reads these.
 EQ_BANDS: Tuple[Tuple[str, str], ...] = (("low_shelf", "low_shelf"), ("band0", "peaking"), ("band1", "peaking"),
@@ -192,6 +195,9 @@ PARAMS: Tuple[ParamSpec, ...] = tuple(
 
 NUM_PARAMS = len(PARAMS)
 assert NUM_PARAMS == 46, NUM_PARAMS
+
+#: The highest frequency any parameter reaches (Hz): engine.rates.design_freq_limit at SAMPLE_RATE.
+TOP_FREQ_HZ = max(p.max for p in PARAMS if p.unit == "Hz")
 
 PARAM_KEYS: Tuple[str, ...] = tuple(p.key for p in PARAMS)
 PARAM_INDEX: Dict[str, int] = {p.key: i for i, p in enumerate(PARAMS)}

@@ -35,37 +35,39 @@ from export.pedalboard_chain import CALIBRATION, PedalboardSettings, PedalboardS
 CALIBRATION_SECONDS = 20.0
 
 
-def torch_render(audio: np.ndarray, params: P.ChainParams) -> np.ndarray:
+def torch_render(audio: np.ndarray, params: P.ChainParams, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
     p, s = params.to_tensors()
     with torch.no_grad():
-        return render_chain(torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).unsqueeze(0), p, s)[0].numpy()
+        return render_chain(torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).unsqueeze(0), p, s,
+                            sample_rate)[0].numpy()
 
 
-def excerpt(audio: np.ndarray, seconds: float) -> np.ndarray:
-    """The middle ``seconds`` of ``(2, T)`` audio (all of it if shorter)."""
-    n = int(seconds * SAMPLE_RATE)
+def excerpt(audio: np.ndarray, seconds: float, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """The middle ``seconds`` of ``(2, T)`` audio at ``sample_rate`` (all of it if shorter)."""
+    n = int(seconds * sample_rate)
     if audio.shape[1] <= n:
         return audio
     start = (audio.shape[1] - n) // 2
     return audio[:, start:start + n]
 
 
-def features_of(y: np.ndarray) -> Dict[str, torch.Tensor]:
+def features_of(y: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Dict[str, torch.Tensor]:
     """AF features of ``(2, T)`` audio, in float32 (the search only ranks candidates; 3x faster)."""
     with torch.no_grad():
-        return audio_features(torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32)).unsqueeze(0))
+        return audio_features(torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32)).unsqueeze(0), sample_rate)
 
 
-def af_distance_to(features_ref: Dict[str, torch.Tensor], y: np.ndarray) -> float:
+def af_distance_to(features_ref: Dict[str, torch.Tensor], y: np.ndarray, sample_rate: int = SAMPLE_RATE) -> float:
     """SPEC's AF loss between ``y`` and reference features from :func:`features_of`."""
     with torch.no_grad():
-        return float(sum(v[0] for v in feature_distance(features_of(y), features_ref, AF_WEIGHTS).values()))
+        return float(sum(v[0] for v in feature_distance(features_of(y, sample_rate), features_ref,
+                                                       AF_WEIGHTS).values()))
 
 
-def fidelity(y: np.ndarray, ref: np.ndarray) -> Dict[str, float]:
+def fidelity(y: np.ndarray, ref: np.ndarray, sample_rate: int = SAMPLE_RATE) -> Dict[str, float]:
     """How far ``y`` is from ``ref``: loudness (LU), bark balance of mid and side (dB RMS over
     the 24 bands, level removed as in `refmaster analyze`), crest factor (dB), AF distance."""
-    a, b = analyze(ref), analyze(y)
+    a, b = analyze(ref, sample_rate), analyze(y, sample_rate)
     mid = np.array(b["bark_mid_db"]) - np.array(a["bark_mid_db"])
     side = np.array(b["bark_side_db"]) - np.array(a["bark_side_db"])
     return {
@@ -73,7 +75,7 @@ def fidelity(y: np.ndarray, ref: np.ndarray) -> Dict[str, float]:
         "bark_mid_db_rms": float(np.sqrt(np.mean(mid ** 2))),
         "bark_side_db_rms": float(np.sqrt(np.mean(side ** 2))),
         "crest_db": b["crest_db"] - a["crest_db"],
-        "af": af_distance(y, ref),
+        "af": af_distance(y, ref, sample_rate),
     }
 
 
@@ -88,8 +90,11 @@ class CalibrationResult:
 
 def calibrate(params: P.ChainParams, audio: np.ndarray, *, seconds: float = CALIBRATION_SECONDS,
               max_evaluations: int = 300, popsize: Optional[int] = None, seed: int = 1,
-              source: str = "", progress: Optional[Callable[[int, float], None]] = None) -> CalibrationResult:
-    """Find calibration offsets for ``params`` on ``audio`` ``(2, T)`` at 44.1 kHz.
+              source: str = "", progress: Optional[Callable[[int, float], None]] = None,
+              sample_rate: int = SAMPLE_RATE) -> CalibrationResult:
+    """Find calibration offsets for ``params`` on ``audio`` ``(2, T)`` at ``sample_rate`` (JUCE's
+    compressors run per sample and ours per control frame, so the offsets belong to the rate: the
+    settings' info records it).
 
     Args:
         seconds: length of the excerpt (middle of the track) rendered per evaluation.
@@ -100,10 +105,10 @@ def calibrate(params: P.ChainParams, audio: np.ndarray, *, seconds: float = CALI
     import cma
 
     t0 = time.perf_counter()
-    x = excerpt(np.asarray(audio, dtype=np.float32), seconds)
-    target = torch_render(x, params)
-    ref_features = features_of(target)
-    chain = PedalboardStreamingChain(params)
+    x = excerpt(np.asarray(audio, dtype=np.float32), seconds, sample_rate)
+    target = torch_render(x, params, sample_rate)
+    ref_features = features_of(target, sample_rate)
+    chain = PedalboardStreamingChain(params, sample_rate=sample_rate)
     lat = chain.latency
     dry, low, high = chain.front(np.concatenate([x, np.zeros((2, lat), np.float32)], axis=1))  # offsets never change it
 
@@ -120,7 +125,7 @@ def calibrate(params: P.ChainParams, audio: np.ndarray, *, seconds: float = CALI
         return chain.back(dry, low, high)[:, lat:]
 
     def objective(u: np.ndarray) -> float:
-        return af_distance_to(ref_features, render(u))
+        return af_distance_to(ref_features, render(u), sample_rate)
 
     af_before = objective(x0)
     best_u, best_f, evals = x0.copy(), af_before, 1
@@ -145,14 +150,16 @@ def calibrate(params: P.ChainParams, audio: np.ndarray, *, seconds: float = CALI
     # weighs overall level lightly (its RMS term), and a gain leaves balance and crest alone.
     chain.set_calibration(offsets)
     chain.reset()
-    loudness_gap = integrated_loudness(target) - integrated_loudness(chain.back(dry, low, high)[:, lat:])
+    loudness_gap = integrated_loudness(target, sample_rate) - integrated_loudness(chain.back(dry, low, high)[:, lat:],
+                                                                                  sample_rate)
     lo_trim, hi_trim, _ = CALIBRATION["output.trim"]
     if np.isfinite(loudness_gap):
         offsets["output.trim"] = float(np.clip(offsets.get("output.trim", 0.0) + loudness_gap, lo_trim, hi_trim))
     offsets = {k: round(v, 6) for k, v in offsets.items()}
     af_final = objective((np.array([offsets[k] for k in keys]) - centre) / half)
     settings = PedalboardSettings(params, offsets, {
-        "calibrated_on": source, "seconds": round(x.shape[1] / SAMPLE_RATE, 3), "evaluations": evals,
+        "calibrated_on": source, "sample_rate": sample_rate, "seconds": round(x.shape[1] / sample_rate, 3),
+        "evaluations": evals,
         "af_before": af_before, "af_search": best_f, "af_after": af_final, "loudness_gap_lu": float(loudness_gap),
         "method": "CMA-ES (cma package) on the AF distance to the Torch render, then output trim to equal loudness",
     })

@@ -75,18 +75,22 @@ def long_enough(files: Sequence[Path], seconds: float) -> List[Path]:
     return keep or list(files)
 
 
-def load_excerpt(path, seconds: float, offset_s: float = 30.0) -> np.ndarray:
-    """``seconds`` of a song from ``offset_s`` (or from where it still fits)."""
+def load_excerpt(path, seconds: float, offset_s: float = 30.0, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """``seconds`` of a song from ``offset_s`` (or from where it still fits), at ``sample_rate``
+    (decoded at the file's rate and resampled: the check's material, not an audio path)."""
+    from engine.io.audio import resample
 
-    x = load_audio(path).audio
-    n = int(seconds * SAMPLE_RATE)
-    start = max(0, min(int(offset_s * SAMPLE_RATE), x.shape[1] - n))
+    loaded = load_audio(path, rate=None)
+    x = resample(loaded.audio, loaded.rate, sample_rate)
+    n = int(seconds * sample_rate)
+    start = max(0, min(int(offset_s * sample_rate), x.shape[1] - n))
     return np.ascontiguousarray(x[:, start:start + n])
 
 
 def exactness(songs: Dict[str, np.ndarray], thetas: Sequence[P.ChainParams], configs: Sequence[str] = BLOCK_CONFIGS,
-              rotate: bool = False, progress: Optional[Callable[[str], None]] = None) -> List[dict]:
-    """Max |ONNX stream − Torch render| for Θ ``i`` on song ``i mod len(songs)``.
+              rotate: bool = False, progress: Optional[Callable[[str], None]] = None,
+              sample_rate: int = SAMPLE_RATE) -> List[dict]:
+    """Max |ONNX stream − Torch render| for Θ ``i`` on song ``i mod len(songs)`` (audio at ``sample_rate``).
 
     ``rotate=False``: every Θ with every block configuration; ``rotate=True``: Θ ``i`` with
     configuration ``i mod len(configs)`` only (the quick version the test runs).
@@ -94,12 +98,12 @@ def exactness(songs: Dict[str, np.ndarray], thetas: Sequence[P.ChainParams], con
     """
 
     names = sorted(songs)
-    chain = OnnxStreamingChain()
+    chain = OnnxStreamingChain(sample_rate=sample_rate)
     rows = []
     for i, theta in enumerate(thetas):
         song = names[i % len(names)]
         x = songs[song]
-        ref = torch_render(x, theta)
+        ref = torch_render(x, theta, sample_rate)
         chain.set_params(theta)
         for j, config in enumerate(configs):
             if rotate and j != i % len(configs):
@@ -107,7 +111,7 @@ def exactness(songs: Dict[str, np.ndarray], thetas: Sequence[P.ChainParams], con
             t0 = time.perf_counter()
             y = stream(chain, x, config, seed=i)
             rows.append({"theta": i, "song": song, "blocks": config, "max_abs_diff": float(np.abs(y - ref).max()),
-                         "peak": float(np.abs(ref).max()), "seconds": x.shape[1] / SAMPLE_RATE,
+                         "peak": float(np.abs(ref).max()), "seconds": x.shape[1] / sample_rate,
                          "wall_s": time.perf_counter() - t0})
             if progress:
                 progress(f"theta {i:2d} {song[:28]:28s} blocks {config:>6s}: max |diff| {rows[-1]['max_abs_diff']:.2e}")
@@ -116,18 +120,20 @@ def exactness(songs: Dict[str, np.ndarray], thetas: Sequence[P.ChainParams], con
 
 def pedalboard_fidelity(songs: Dict[str, np.ndarray], thetas: Sequence[P.ChainParams], evaluations: int = 200,
                         calibration_seconds: float = 20.0,
-                        progress: Optional[Callable[[str], None]] = None) -> List[dict]:
+                        progress: Optional[Callable[[str], None]] = None, sample_rate: int = SAMPLE_RATE) -> List[dict]:
     """For every song × Θ: fidelity of the pedalboard chain to the Torch render, uncalibrated and
-    after calibrating on that song (the same excerpt the figures are measured on)."""
+    after calibrating on that song (the same excerpt the figures are measured on), at ``sample_rate``."""
 
+    sr = sample_rate
     rows = []
     for song, audio in sorted(songs.items()):
-        x = excerpt(audio, calibration_seconds)
+        x = excerpt(audio, calibration_seconds, sr)
         for i, theta in enumerate(thetas):
-            ref = torch_render(x, theta)
-            before = fidelity(PedalboardStreamingChain(theta).render(x), ref)
-            result = calibrate(theta, x, seconds=calibration_seconds, max_evaluations=evaluations, source=song)
-            after = fidelity(PedalboardStreamingChain(theta, settings=result.settings).render(x), ref)
+            ref = torch_render(x, theta, sr)
+            before = fidelity(PedalboardStreamingChain(theta, sample_rate=sr).render(x), ref, sr)
+            result = calibrate(theta, x, seconds=calibration_seconds, max_evaluations=evaluations, source=song,
+                               sample_rate=sr)
+            after = fidelity(PedalboardStreamingChain(theta, settings=result.settings, sample_rate=sr).render(x), ref, sr)
             rows.append({"song": song, "theta": i, "before": before, "after": after,
                          "search_loudness_gap_lu": result.settings.info["loudness_gap_lu"],
                          "evaluations": result.evaluations, "calibration_s": result.seconds})

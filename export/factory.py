@@ -15,8 +15,8 @@ from export.streaming import BACKENDS, StreamingChain
 
 
 def make_chain(backend: str, params: Optional[P.ChainParams] = None, *, onnx_model=None,
-               pedalboard_settings=None, threads: int = 1) -> StreamingChain:
-    """A streaming chain for ``backend`` ("torch", "onnx" or "pedalboard").
+               pedalboard_settings=None, threads: int = 1, sample_rate: int = P.SAMPLE_RATE) -> StreamingChain:
+    """A streaming chain for ``backend`` ("torch", "onnx" or "pedalboard") at ``sample_rate``.
 
     ``onnx_model``: an exported `.onnx` file (or its bytes) for the ONNX backend.
     ``pedalboard_settings``: calibrated settings (:class:`export.pedalboard_chain.PedalboardSettings`
@@ -26,19 +26,19 @@ def make_chain(backend: str, params: Optional[P.ChainParams] = None, *, onnx_mod
     if backend == "onnx":
         from export.onnx_stream import OnnxStreamingChain
 
-        return OnnxStreamingChain(params, model=onnx_model, threads=threads)
+        return OnnxStreamingChain(params, model=onnx_model, threads=threads, sample_rate=sample_rate)
     if backend == "torch":
         import torch
 
         from export.torch_stream import TorchSegmentChain
 
         torch.set_num_threads(max(1, threads))
-        return TorchSegmentChain(params)
+        return TorchSegmentChain(params, sample_rate=sample_rate)
     if backend == "pedalboard":
         from export.pedalboard_chain import PedalboardSettings, PedalboardStreamingChain
 
         settings = pedalboard_settings
         if settings is not None and not isinstance(settings, PedalboardSettings):
             settings = PedalboardSettings.load(settings)
-        return PedalboardStreamingChain(params, settings=settings)
+        return PedalboardStreamingChain(params, settings=settings, sample_rate=sample_rate)
     raise RefmasterError(f"unknown backend {backend!r} (one of {', '.join(BACKENDS)})")

@@ -4,11 +4,14 @@ Contract of the graph (opset 18, onnxruntime's CPU provider, standard operators 
 -----------------------------------------------------------------------------------
 Inputs:
 
-* ``audio``    float32 ``(2, N)``, any ``N`` (0 included): the next block of the stream, 44.1 kHz;
+* ``audio``    float32 ``(2, N)``, any ``N`` (0 included): the next block of the stream;
 * ``params``   float32 ``(46,)``: Θ in real units, schema order (:mod:`engine.params`); clamped to
   the schema's ranges inside the graph; defaults to the exported parameters;
 * ``switches`` bool ``(6,)``: module on/off in :data:`engine.params.MODULES` order; defaults to the
   exported switches;
+* ``sample_rate`` float64 ``(1,)``: the stream's rate in Hz, any in :data:`engine.params.CHAIN_RATES`
+  (filters designed and time constants converted for it, inside the graph); defaults to the rate
+  given at export (44.1 kHz unless said otherwise);
 * ``state``    float64 ``(STATE_SIZE,)``: the state returned by the previous call; all zeros starts
   a fresh stream.
 
@@ -56,8 +59,9 @@ import onnx
 
 from engine import params as P
 from engine.dsp.chain import CHAIN_LATENCY
-from engine.dsp.dynamics import PEAK_FLOOR, POWER_FLOOR, rms_coef
-from engine.params import SAMPLE_RATE
+from engine.dsp.dynamics import PEAK_FLOOR, POWER_FLOOR
+from engine.params import CHAIN_RATES, SAMPLE_RATE
+from engine.rates import check_rate
 from export.onnx_builder import GraphBuilder, Value
 from export.onnx_coefficients import (COEF_SIZE, EQ_ORDER, F32, F64, HOP, N_BANDS, XO_ORDER, _coefficients,
                                       _pack_coefficients, _unpack_coefficients)
@@ -68,6 +72,9 @@ PIPELINE_DELAY = 2 * HOP
 FIFO_LEN = CHAIN_LATENCY - PIPELINE_DELAY
 # The FIFO must cover the up to HOP - 1 samples that wait in an incomplete frame.
 assert FIFO_LEN >= HOP - 1, (CHAIN_LATENCY, HOP)
+
+#: Steps of iterative refinement of the filters' float32 state recursion (see :func:`_filter`).
+REFINEMENTS = 2
 
 #: Gate that turns the relus of the ballistics RNN off on the second step of each frame.
 _GATE_OFF = -1e30
@@ -103,7 +110,8 @@ STATE_F32: Tuple[StateField, ...] = (
 
 #: Float64 part (coefficient cache, filter states), then values that are float32 by nature.
 STATE_F64: Tuple[StateField, ...] = (
-    StateField("coef_params", (P.NUM_PARAMS,), "the (clamped) parameters the cached coefficients belong to"),
+    StateField("coef_params", (P.NUM_PARAMS + 1,), "the (clamped) parameters and the sample rate the cached "
+                                                   "coefficients belong to"),
     StateField("coef_cache", (COEF_SIZE,), "parameter-derived coefficients (see COEF_ITEMS)"),
     StateField("eq", (1, 2, EQ_ORDER), "EQ state-space state per channel"),
     StateField("xo", (1, 2, XO_ORDER), "crossover state-space state per channel"),
@@ -143,15 +151,19 @@ def _filter(g: GraphBuilder, x: Value, x64: Value, s0: Value, mats: Dict[str, Va
 
     The chunk-rate recursion ``s_k = M s_(k-1) + U_k`` runs in a float32 RNN; its residual in
     float64, ``r_k = s_k - M s_(k-1) - U_k``, drives a second RNN that yields the float32 run's
-    error, which is subtracted (one step of iterative refinement).
+    error, which is subtracted (iterative refinement, :data:`REFINEMENTS` steps: each leaves the
+    float32 error times the recursion's condition, which grows with poles near the unit circle —
+    a resonant 20 Hz shelf at 192 kHz needed the second step to stay below 1e-5).
     """
     n = mats["n"]
     u = g.op("MatMul", x64, mats["ctrl64"], hint="u")                            # (F, 2, n)
-    s1 = g.cast(_affine_rnn(g, x, mats["w32"], mats["m32"], g.cast(s0, F32), n), F64)
-    prev1 = g.slice(g.concat([s0, s1], axis=0), 0, -1, axis=0)
-    resid = g.op("Sub", s1, g.op("Add", g.op("MatMul", prev1, mats["mt64"]), u), hint="residual")
-    err = _affine_rnn(g, g.cast(resid, F32), g.const(np.eye(n, dtype=F32).reshape(1, n, n)), mats["m32"], None, n)
-    s = g.op("Sub", s1, g.cast(err, F64), hint="states")
+    s = g.cast(_affine_rnn(g, x, mats["w32"], mats["m32"], g.cast(s0, F32), n), F64)
+    eye = g.const(np.eye(n, dtype=F32).reshape(1, n, n))
+    for _ in range(REFINEMENTS):
+        prev = g.slice(g.concat([s0, s], axis=0), 0, -1, axis=0)
+        resid = g.op("Sub", s, g.op("Add", g.op("MatMul", prev, mats["mt64"]), u), hint="residual")
+        err = _affine_rnn(g, g.cast(resid, F32), eye, mats["m32"], None, n)
+        s = g.op("Sub", s, g.cast(err, F64), hint="states")
     seq = g.concat([s0, s], axis=0)
     prev = g.slice(seq, 0, -1, axis=0)
     s_next = g.slice(seq, -1, INT_MAX, axis=0)
@@ -212,18 +224,22 @@ def _ramp_gain(g: GraphBuilder, gains: Value, g_prev: Value, a_prev: Value, k: i
 
 # ------------------------------------------------------------------------------ the graph
 
-def build_graph(defaults: Optional[P.ChainParams] = None) -> GraphBuilder:
-    """Build the streaming chain graph (see the module docstring for its inputs and outputs)."""
+def build_graph(defaults: Optional[P.ChainParams] = None, sample_rate: int = SAMPLE_RATE) -> GraphBuilder:
+    """Build the streaming chain graph (see the module docstring for its inputs and outputs);
+    ``sample_rate`` is the default of its ``sample_rate`` input."""
     defaults = defaults or P.ChainParams.default()
+    sample_rate = check_rate(sample_rate)
     g = GraphBuilder("refmaster_chain")
     audio = g.input("audio", F32, [2, "N"])
     params_in = g.input("params", F32, [P.NUM_PARAMS])
     switches = g.input("switches", np.bool_, [len(P.MODULES)])
+    rate_in = g.input("sample_rate", F64, [1])
     state = g.input("state", F64, [STATE_SIZE])
     # Inputs backed by initializers of the same name: the exported values are the defaults.
     p_def, s_def = defaults.to_tensors()
     g.initializers.append(onnx.numpy_helper.from_array(p_def.numpy().astype(F32), "params"))
     g.initializers.append(onnx.numpy_helper.from_array(s_def.numpy().astype(np.bool_), "switches"))
+    g.initializers.append(onnx.numpy_helper.from_array(np.array([sample_rate], F64), "sample_rate"))
 
     def switch(module: str) -> Value:
         return g.op("Gather", switches, g.const(np.int64(P.MODULES.index(module))), axis=0, hint=f"on_{module}")
@@ -231,6 +247,9 @@ def build_graph(defaults: Optional[P.ChainParams] = None) -> GraphBuilder:
     lo = np.array([s.min for s in P.PARAMS], F32)
     hi = np.array([s.max for s in P.PARAMS], F32)
     prm = g.op("Min", g.op("Max", params_in, g.const(lo)), g.const(hi), hint="params_clamped")
+    # the rate, clamped to CHAIN_RATES (a caller that passes another gets the nearest, never NaN)
+    rate = g.op("Min", g.op("Max", rate_in, g.const(np.array([CHAIN_RATES[0]], F64))),
+                g.const(np.array([CHAIN_RATES[1]], F64)), hint="sample_rate_clamped")
 
     # ---- state
     n64 = sum(f.size for f in STATE_F64)
@@ -243,11 +262,12 @@ def build_graph(defaults: Optional[P.ChainParams] = None) -> GraphBuilder:
     # ---- coefficients: designed (float64) when the parameters differ from the cached ones
     with g.scope("coefficients"):
         prm64 = g.cast(prm, F64)
-        unchanged = g.op("Equal", g.op("ReduceMax", g.op("Abs", g.op("Sub", prm64, s["coef_params"])), keepdims=0),
+        key = g.concat([prm64, rate], axis=0)   # what the cache belongs to
+        unchanged = g.op("Equal", g.op("ReduceMax", g.op("Abs", g.op("Sub", key, s["coef_params"])), keepdims=0),
                          g.const(F64(0.0)))
         design = GraphBuilder("design")
         with design.scope("design"):
-            design.output(_pack_coefficients(design, _coefficients(design, prm)), "designed", F64, [COEF_SIZE])
+            design.output(_pack_coefficients(design, _coefficients(design, prm, rate)), "designed", F64, [COEF_SIZE])
         reuse = GraphBuilder("reuse")
         with reuse.scope("reuse"):
             reuse.output(s["coef_cache"], "reused", F64, [COEF_SIZE])
@@ -301,11 +321,8 @@ def build_graph(defaults: Optional[P.ChainParams] = None) -> GraphBuilder:
         bands = g.concat([low, mid, high], axis=1)                                      # (F, 3, 2, HOP)
         # RMS detector: mean power over the frame and both channels, then torchcomp's avg
         power = g.op("ReduceMean", g.op("Mul", bands, bands), g.i64(2, 3), keepdims=0)  # (F, 3)
-        coef32 = np.float32(rms_coef(SAMPLE_RATE))
-        keep = -(coef32 - np.float32(1.0))  # torchcomp avg: y = c x - (c - 1) y_prev
-        rms_seq = _affine_rnn(g, g.op("Unsqueeze", power, g.i64(1)),
-                              g.const((np.eye(N_BANDS, dtype=F32) * coef32).reshape(1, N_BANDS, N_BANDS)),
-                              g.const((np.eye(N_BANDS, dtype=F32) * keep).reshape(1, N_BANDS, N_BANDS)),
+        # torchcomp avg: y = c x - (c - 1) y_prev (c for the rate: export/onnx_coefficients.py)
+        rms_seq = _affine_rnn(g, g.op("Unsqueeze", power, g.i64(1)), coef["multiband.rms_w"], coef["multiband.rms_r"],
                               g.reshape(s["mb_rms"], [1, 1, N_BANDS]), N_BANDS)
         rms_seq = g.reshape(rms_seq, [-1, N_BANDS])                                      # (F, 3)
         _, rms_next = _last_or(g, g.reshape(s["mb_rms"], [1, N_BANDS]), rms_seq)
@@ -371,7 +388,7 @@ def build_graph(defaults: Optional[P.ChainParams] = None) -> GraphBuilder:
 
     # ---- pack the next state
     with g.scope("state"):
-        nxt = {"coef_params": prm64, "coef_cache": coef_vec, "eq": eq_next, "xo": xo_next,
+        nxt = {"coef_params": key, "coef_cache": coef_vec, "eq": eq_next, "xo": xo_next,
                "pending_count": new_count, "pending": new_pending, "fifo": fifo_next, "mb_rms": rms_next,
                "mb_gain_drop": g.op("Sub", one, g_next), "mb_ramp_drop": g.op("Sub", one, a_next),
                "mb_frame": mb_frame_next, "lim_env": env_next, "lim_gain_drop": g.op("Sub", one, lg_next),
@@ -387,15 +404,16 @@ def build_graph(defaults: Optional[P.ChainParams] = None) -> GraphBuilder:
     return g
 
 
-def metadata(defaults: P.ChainParams) -> Dict[str, str]:
-    """Model metadata: the schema (read from :mod:`engine.params`), the exported Θ, the state."""
+def metadata(defaults: P.ChainParams, sample_rate: int = SAMPLE_RATE) -> Dict[str, str]:
+    """Model metadata: the schema (read from :mod:`engine.params`), the exported Θ and rate, the state."""
     schema = [s.to_dict(i) for i, s in enumerate(P.PARAMS)]
     return {
         "refmaster.format": FORMAT_TAG,
         "refmaster.schema": json.dumps(schema),
         "refmaster.modules": json.dumps(list(P.MODULES)),
         "refmaster.params": defaults.to_json(indent=None),
-        "refmaster.sample_rate": str(SAMPLE_RATE),
+        "refmaster.sample_rate": str(sample_rate),
+        "refmaster.sample_rates": f"{CHAIN_RATES[0]}-{CHAIN_RATES[1]}",
         "refmaster.latency": str(CHAIN_LATENCY),
         "refmaster.state_size": str(STATE_SIZE),
         "refmaster.state_layout": json.dumps(state_layout()),
@@ -406,17 +424,19 @@ def metadata(defaults: P.ChainParams) -> Dict[str, str]:
 FORMAT_TAG = "refmaster.onnx_chain/1"
 
 
-def build_model(defaults: Optional[P.ChainParams] = None, diagnostic: bool = False) -> onnx.ModelProto:
-    """The streaming chain as an ONNX model, with ``defaults`` as the parameter inputs' defaults.
+def build_model(defaults: Optional[P.ChainParams] = None, diagnostic: bool = False,
+                sample_rate: int = SAMPLE_RATE) -> onnx.ModelProto:
+    """The streaming chain as an ONNX model, with ``defaults`` as the parameter inputs' defaults
+    and ``sample_rate`` as the rate input's.
 
     ``diagnostic=True`` adds one output per module (``module.<name>``: its output frames) so a
     numerical failure can be traced to the module that caused it.
     """
     defaults = defaults or P.ChainParams.default()
-    g = build_graph(defaults)
+    g = build_graph(defaults, sample_rate)
     if diagnostic:
         for name, value in g.module_outputs.items():
             g.output(value, f"module.{name}", F32, ["F", 2, HOP])
-    model = g.model(OPSET, doc=__doc__.split("\n\n")[0], metadata=metadata(defaults))
+    model = g.model(OPSET, doc=__doc__.split("\n\n")[0], metadata=metadata(defaults, sample_rate))
     onnx.checker.check_model(model, full_check=True)
     return model

@@ -23,9 +23,10 @@ import numpy as np
 
 from engine import params as P
 from engine.dsp.chain import EQ_BANDS, MB_BANDS
-from engine.dsp.dynamics import CONTROL_HOP, EXP_RATIO_FLOOR, TORCHCOMP_MS_SCALE
+from engine.dsp.dynamics import CONTROL_HOP, EXP_RATIO_FLOOR, RMS_WINDOW_MS, TORCHCOMP_MS_SCALE
 from engine.dsp.filters import BUTTERWORTH_Q
 from engine.params import SAMPLE_RATE
+from engine.rates import design_freq_limit
 from export.onnx_builder import GraphBuilder, Value
 
 HOP = CONTROL_HOP
@@ -102,15 +103,18 @@ def _cascade_sum_matrix(S: int) -> Tuple[np.ndarray, np.ndarray]:
 
 # ------------------------------------------------------------------------------ filter design (float64)
 
-def _design_sections(g: GraphBuilder, p64: Value) -> Value:
-    """``(8, 6)`` float64 normalised sections ``[b0, b1, b2, 1, a1, a2]`` from the parameters."""
+def _design_sections(g: GraphBuilder, p64: Value, rate64: Value) -> Value:
+    """``(8, 6)`` float64 normalised sections ``[b0, b1, b2, 1, a1, a2]`` from the parameters at
+    the rate ``rate64`` ``(1,)`` (frequencies above :func:`engine.rates.design_freq_limit` at it)."""
     ext = g.concat([p64, g.const(np.array([0.0, float(np.float32(BUTTERWORTH_Q))], dtype=F64))], axis=0)
     gi, fi, qi = _section_param_index()
     gain = g.op("Gather", ext, g.const(gi), axis=0, hint="gain_db")   # (8, 1)
-    freq = g.op("Gather", ext, g.const(fi), axis=0, hint="freq_hz")
+    limit = g.op("Div", g.op("Mul", g.const(F64(design_freq_limit(SAMPLE_RATE))), rate64), g.const(F64(SAMPLE_RATE)),
+                 hint="freq_limit")                                  # as engine.params.design_freq_limit
+    freq = g.op("Min", g.op("Gather", ext, g.const(fi), axis=0), limit, hint="freq_hz")
     q = g.op("Gather", ext, g.const(qi), axis=0, hint="q")
     A = g.op("Pow", g.const(F64(10.0)), g.op("Div", gain, g.const(F64(40.0))), hint="A")
-    w0 = g.op("Mul", g.const(F64(2 * math.pi)), g.op("Div", freq, g.const(F64(SAMPLE_RATE))), hint="w0")
+    w0 = g.op("Mul", g.const(F64(2 * math.pi)), g.op("Div", freq, rate64), hint="w0")
     c = g.op("Cos", w0, hint="cos_w0")
     alpha = g.op("Div", g.op("Sin", w0), g.op("Mul", g.const(F64(2.0)), q), hint="alpha")
     sqrt_a = g.op("Sqrt", A)
@@ -191,9 +195,10 @@ def _chunk_matrices(g: GraphBuilder, A: Value, B: Value, C: Value, D: Value, n: 
 
 # ------------------------------------------------------------------------------ dynamics
 
-def _time_coef(g: GraphBuilder, ms: Value) -> Value:
-    """:func:`engine.dsp.dynamics.time_coef` in float32, same operations in the same order."""
-    t = g.op("Div", g.op("Div", g.const(F32(-TORCHCOMP_MS_SCALE)), ms), g.const(F32(SAMPLE_RATE / HOP)))
+def _time_coef(g: GraphBuilder, ms: Value, frame_rate32: Value) -> Value:
+    """:func:`engine.dsp.dynamics.time_coef` in float32, same operations in the same order
+    (``frame_rate32``: the control rate, rate / HOP, rounded to float32 as torch rounds it)."""
+    t = g.op("Div", g.op("Div", g.const(F32(-TORCHCOMP_MS_SCALE)), ms), frame_rate32)
     return g.op("Sub", g.const(F32(1.0)), g.op("Exp", t), hint="coef")
 
 
@@ -242,6 +247,7 @@ COEF_ITEMS: Tuple[CoefItem, ...] = tuple(sorted(
         CoefItem("multiband.comp_slope", F32, (N_BANDS,)), CoefItem("multiband.exp_slope", F32, (N_BANDS,)),
         CoefItem("multiband.comp_threshold", F32, (N_BANDS,)), CoefItem("multiband.exp_threshold", F32, (N_BANDS,)),
         CoefItem("multiband.ballistics", F32, (1, 3 * N_BANDS, 3 * N_BANDS)), CoefItem("multiband.mix", F32, (1,)),
+        CoefItem("multiband.rms_w", F32, (1, N_BANDS, N_BANDS)), CoefItem("multiband.rms_r", F32, (1, N_BANDS, N_BANDS)),
         CoefItem("gain.linear", F32, (1,)), CoefItem("imager.width", F32, (1,)),
         CoefItem("limiter.threshold", F32, (1,)), CoefItem("limiter.envelope", F32, (1, 3, 3)),
         CoefItem("limiter.ballistics", F32, (1, 3, 3)),
@@ -249,8 +255,9 @@ COEF_ITEMS: Tuple[CoefItem, ...] = tuple(sorted(
 COEF_SIZE = sum(c.size for c in COEF_ITEMS)
 
 
-def _coefficients(g: GraphBuilder, prm: Value) -> Dict[str, Value]:
-    """All parameter-derived tensors of :data:`COEF_ITEMS` from the clamped parameters ``prm``."""
+def _coefficients(g: GraphBuilder, prm: Value, rate64: Value) -> Dict[str, Value]:
+    """All parameter-derived tensors of :data:`COEF_ITEMS` from the clamped parameters ``prm`` at
+    the sample rate ``rate64`` (float64 ``(1,)``)."""
     def param(*keys: str) -> Value:
         return g.op("Gather", prm, g.const(_pidx(*keys)), axis=0, hint=keys[0].replace(".", "_"))
 
@@ -258,7 +265,9 @@ def _coefficients(g: GraphBuilder, prm: Value) -> Dict[str, Value]:
         return g.op("Pow", g.const(F32(10.0)), g.op("Div", db, g.const(F32(20.0))))
 
     c: Dict[str, Value] = {}
-    sos = _design_sections(g, g.cast(prm, F64))
+    sos = _design_sections(g, g.cast(prm, F64), rate64)
+    frame_rate64 = g.op("Div", rate64, g.const(F64(HOP)), hint="frame_rate")
+    frame_rate32 = g.cast(frame_rate64, F32)
     eq_sos = g.reshape(g.slice(sos, 0, len(EQ_BANDS), axis=0), [1, len(EQ_BANDS), 6])
     A, B, C, D = _df2t_cascade(g, eq_sos, 1, len(EQ_BANDS))
     mats = _chunk_matrices(g, g.reshape(A, [EQ_ORDER, EQ_ORDER]), g.reshape(B, [EQ_ORDER, 1]),
@@ -282,13 +291,20 @@ def _coefficients(g: GraphBuilder, prm: Value) -> Dict[str, Value]:
                                                                        g.const(F32(EXP_RATIO_FLOOR)))))
     c["multiband.comp_threshold"] = param(*_per_band("comp_threshold"))
     c["multiband.exp_threshold"] = param(*_per_band("exp_threshold"))
-    c["multiband.ballistics"] = _ballistics_r(g, _time_coef(g, param(*_per_band("attack"))),
-                                              _time_coef(g, param(*_per_band("release"))), N_BANDS)
+    c["multiband.ballistics"] = _ballistics_r(g, _time_coef(g, param(*_per_band("attack")), frame_rate32),
+                                              _time_coef(g, param(*_per_band("release")), frame_rate32), N_BANDS)
     c["multiband.mix"] = param("multiband.mix")
+    # the RMS averager (torchcomp avg: y = c x - (c - 1) y_prev), c = engine.dsp.dynamics.rms_coef in
+    # float64 (ms2coef of RMS_WINDOW_MS at the control rate), then rounded to float32
+    rms = g.cast(g.op("Sub", g.const(F64(1.0)), g.op("Exp", g.op("Div", g.op(
+        "Div", g.const(F64(-TORCHCOMP_MS_SCALE)), g.const(F64(RMS_WINDOW_MS))), frame_rate64))), F32)
+    eye = g.const(np.eye(N_BANDS, dtype=F32).reshape(1, N_BANDS, N_BANDS))
+    c["multiband.rms_w"] = g.op("Mul", eye, rms)
+    c["multiband.rms_r"] = g.op("Mul", eye, g.op("Neg", g.op("Sub", rms, one)))
     c["gain.linear"] = db_to_gain(param("gain.gain"))
     c["imager.width"] = param("imager.width")
     c["limiter.threshold"] = db_to_gain(param("limiter.threshold"))
-    attack, release = _time_coef(g, param("limiter.attack")), _time_coef(g, param("limiter.release"))
+    attack, release = _time_coef(g, param("limiter.attack"), frame_rate32), _time_coef(g, param("limiter.release"), frame_rate32)
     c["limiter.envelope"] = _ballistics_r(g, release, attack, 1)    # peak follower: rises with the attack
     c["limiter.ballistics"] = _ballistics_r(g, attack, release, 1)  # gain: falls with the attack
     return c

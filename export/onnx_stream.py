@@ -93,18 +93,20 @@ class OnnxStreamingChain(StreamingChain):
         params: Θ and switches to start with (default: neutral).
         model: path of an exported `.onnx` file, or the model's bytes; default: build it.
         threads: onnxruntime intra-op threads (1: what the benchmarks measure).
+        sample_rate: the stream's rate (fed to the graph's ``sample_rate`` input with every block).
     """
 
     backend = "onnx"
     latency = CHAIN_LATENCY
     can_snapshot = True
 
-    def __init__(self, params: Optional[P.ChainParams] = None, model=None, threads: int = 1):
+    def __init__(self, params: Optional[P.ChainParams] = None, model=None, threads: int = 1,
+                 sample_rate: int = P.SAMPLE_RATE):
         import onnxruntime as ort
 
         from export.onnx_chain import initial_state
 
-        super().__init__(params)
+        super().__init__(params, sample_rate)
         if model is None:
             data = default_onnx_model()
         elif isinstance(model, (bytes, bytearray)):
@@ -117,6 +119,7 @@ class OnnxStreamingChain(StreamingChain):
             raise RefmasterError(f"onnxruntime cannot load the chain: {str(e).splitlines()[0]}") from None
         self._model_bytes = data
         self._initial = initial_state
+        self._feed_rate = np.array([self.sample_rate], np.float64)
         self.reset()
         self.set_params(self.params)
 
@@ -128,6 +131,7 @@ class OnnxStreamingChain(StreamingChain):
 
     def reset(self) -> None:
         self._state = self._initial()
+        self._feed_rate = np.array([self.sample_rate], np.float64)
 
     def get_state(self) -> np.ndarray:
         """A snapshot of the whole stream state (one float64 vector; see export/onnx_chain.py)."""
@@ -145,7 +149,8 @@ class OnnxStreamingChain(StreamingChain):
     def _process(self, x: np.ndarray) -> np.ndarray:
         self._last_input = (x, self._state)
         out, self._state = self._session.run(None, {"audio": x, "params": self._feed_params,
-                                                    "switches": self._feed_switches, "state": self._state})
+                                                    "switches": self._feed_switches, "sample_rate": self._feed_rate,
+                                                    "state": self._state})
         return out
 
     def _failed_module(self, x: np.ndarray) -> str:
@@ -161,7 +166,8 @@ class OnnxStreamingChain(StreamingChain):
             x, state = self._last_input
             names = [o.name for o in diag.get_outputs()]
             outs = dict(zip(names, diag.run(None, {"audio": x, "params": self._feed_params,
-                                                   "switches": self._feed_switches, "state": state})))
+                                                   "switches": self._feed_switches, "sample_rate": self._feed_rate,
+                                                   "state": state})))
         except RefmasterError:
             return "onnx chain"
         for m in P.MODULES:

@@ -46,6 +46,7 @@ from engine.errors import ParamError, RefmasterError
 from engine.io.atomic import atomic_write_text
 from engine.io.jsonfile import read_json
 from engine.params import SAMPLE_RATE
+from engine.rates import design_freq_limit
 from export.streaming import StreamingChain
 
 SCHEMA_TAG = "refmaster.pedalboard/1"
@@ -189,7 +190,7 @@ MAX_BLOCK = 8192
 DETECTOR_FLOOR = 1e-12
 
 
-def _linked_gain(board: pb.Pedalboard, detector: np.ndarray) -> np.ndarray:
+def _linked_gain(board: pb.Pedalboard, detector: np.ndarray, sample_rate: int) -> np.ndarray:
     """Run ``board`` on a mono, non-negative detector signal and return the gain it applied.
 
     JUCE's compressors follow each channel on its own; torchcomp's (ours) are stereo-linked.
@@ -198,7 +199,7 @@ def _linked_gain(board: pb.Pedalboard, detector: np.ndarray) -> np.ndarray:
     makes them stereo-linked too: the same gain then goes on both channels.
     """
     d = (detector + DETECTOR_FLOOR).astype(np.float32)[None]
-    return board(d, SAMPLE_RATE, reset=False)[0] / d[0]
+    return board(d, sample_rate, reset=False)[0] / d[0]
 
 
 class PedalboardStreamingChain(StreamingChain):
@@ -207,10 +208,11 @@ class PedalboardStreamingChain(StreamingChain):
     backend = "pedalboard"
     latency = 2 * LOOKAHEAD
 
-    def __init__(self, params: Optional[P.ChainParams] = None, settings: Optional[PedalboardSettings] = None):
+    def __init__(self, params: Optional[P.ChainParams] = None, settings: Optional[PedalboardSettings] = None,
+                 sample_rate: int = SAMPLE_RATE):
         if settings is not None and params is None:
             params = settings.params
-        super().__init__(params)
+        super().__init__(params, sample_rate)
         self._calibration = dict(settings.calibration) if settings is not None else {}
         self._build()
 
@@ -227,13 +229,16 @@ class PedalboardStreamingChain(StreamingChain):
         self._calibration = PedalboardSettings(self.params, calibration).calibration
         self._configure()
 
+    def _rate_changed(self) -> None:
+        self._configure()   # crossovers, RMS window and EQ limits are designed for the rate
+
     def reset(self) -> None:
         # Reset, then prime through the very containers that process (see MAX_BLOCK).
         stereo, mono = np.zeros((2, MAX_BLOCK), np.float32), np.zeros((1, MAX_BLOCK), np.float32)
         for board, silence in [(self._eq_board, stereo), (self._sat_board, stereo), (self._gain, stereo),
                                (self._trim, stereo), (self._limiter_board, mono)] + [(b, mono) for b in self._bands]:
             board.reset()
-            board(silence, SAMPLE_RATE, reset=False)
+            board(silence, self.sample_rate, reset=False)
         self._mb_delay = np.zeros((4, 2, LOOKAHEAD), np.float32)   # dry, low, mid, high
         self._lim_delay = np.zeros((2, LOOKAHEAD), np.float32)
         self._rms_zi = np.zeros((len(MB_BANDS), 1))
@@ -257,14 +262,15 @@ class PedalboardStreamingChain(StreamingChain):
     def _configure(self) -> None:
         s = self.settings.plugin_settings()
         self._switches = s["switches"]
+        top = design_freq_limit(self.sample_rate)   # as the Torch EQ: no band beyond it (below 44.1 kHz)
         for plugin, cfg in zip(self._eq, s["eq"]):
-            plugin.cutoff_frequency_hz, plugin.gain_db, plugin.q = cfg["cutoff_frequency_hz"], cfg["gain_db"], cfg["q"]
+            plugin.cutoff_frequency_hz, plugin.gain_db, plugin.q = min(cfg["cutoff_frequency_hz"], top), cfg["gain_db"], cfg["q"]
         sat = s["saturation"]
         self._dry.gain_db, self._drive.drive_db, self._wet.gain_db = sat["dry_gain_db"], sat["drive_db"], sat["wet_gain_db"]
 
 
         lp, hp = crossover_sections(torch.tensor([s["crossovers_hz"][0]], dtype=torch.float64),
-                                    torch.tensor([s["crossovers_hz"][1]], dtype=torch.float64), SAMPLE_RATE)
+                                    torch.tensor([s["crossovers_hz"][1]], dtype=torch.float64), self.sample_rate)
         self._sos_low, self._sos_high = lp[0].numpy(), hp[0].numpy()
         for b in MB_BANDS:
             for plugin, cfg in ((self._gates[b], s["bands"][b]["NoiseGate"]), (self._comps[b], s["bands"][b]["Compressor"])):
@@ -272,7 +278,7 @@ class PedalboardStreamingChain(StreamingChain):
                     setattr(plugin, k, val)
         self._mb_mix = np.float32(s["multiband_mix"])
         # torchcomp's avg coefficient for the RMS window, at the sample rate (ms2coef)
-        self._rms_coef = 1.0 - math.exp(-TORCHCOMP_MS_SCALE / RMS_WINDOW_MS / SAMPLE_RATE)
+        self._rms_coef = 1.0 - math.exp(-TORCHCOMP_MS_SCALE / RMS_WINDOW_MS / self.sample_rate)
         self._gain.gain_db = s["gain_db"]
         for k, val in s["limiter"].items():
             setattr(self._limiter, k, val)
@@ -285,7 +291,7 @@ class PedalboardStreamingChain(StreamingChain):
         e = x
         for on, board in ((self._switches["eq"], self._eq_board), (self._switches["distortion"], self._sat_board)):
             if on and e.shape[1]:
-                e = np.concatenate([board(e[:, i:i + MAX_BLOCK], SAMPLE_RATE, reset=False)
+                e = np.concatenate([board(e[:, i:i + MAX_BLOCK], self.sample_rate, reset=False)
                                     for i in range(0, e.shape[1], MAX_BLOCK)], axis=1)
         e = np.asarray(e, dtype=np.float32)
         low, self._zi_low = sosfilt(self._sos_low, e, axis=-1, zi=self._zi_low)
@@ -316,7 +322,7 @@ class PedalboardStreamingChain(StreamingChain):
                                            zi=self._rms_zi)
             wet = np.zeros_like(dry)
             for board, band, level in zip(self._bands, bands_d, np.sqrt(smooth)):
-                wet += band * _linked_gain(board, level)
+                wet += band * _linked_gain(board, level, self.sample_rate)
             x = (1.0 - self._mb_mix) * dry_d + self._mb_mix * wet
         else:
             x = dry_d
@@ -325,15 +331,15 @@ class PedalboardStreamingChain(StreamingChain):
             w = self._width
             x = np.stack([(1 - w) * s + w * d, (1 - w) * s - w * d])
         if self._gain.gain_db != 0.0:
-            x = self._gain(np.ascontiguousarray(x, dtype=np.float32), SAMPLE_RATE, reset=False)
+            x = self._gain(np.ascontiguousarray(x, dtype=np.float32), self.sample_rate, reset=False)
         delayed = np.concatenate([self._lim_delay, x], axis=1)
         self._lim_delay = delayed[:, n:]
         if sw["limiter"]:
-            x = delayed[:, :n] * _linked_gain(self._limiter_board, np.maximum(np.abs(x[0]), np.abs(x[1])))
+            x = delayed[:, :n] * _linked_gain(self._limiter_board, np.maximum(np.abs(x[0]), np.abs(x[1])), self.sample_rate)
         else:
             x = delayed[:, :n]
         if self._trim.gain_db != 0.0:
-            x = self._trim(np.ascontiguousarray(x, dtype=np.float32), SAMPLE_RATE, reset=False)
+            x = self._trim(np.ascontiguousarray(x, dtype=np.float32), self.sample_rate, reset=False)
         return np.asarray(x, dtype=np.float32)
 
     def render(self, x: np.ndarray) -> np.ndarray:

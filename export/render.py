@@ -1,11 +1,12 @@
 """Disk-to-disk streaming render through any :mod:`export.streaming` backend, in bounded memory.
 
-:func:`render_file` reads the input in blocks (soundfile), resamples to 44.1 kHz on the fly when
-the file is at another rate, runs the chain block by block,
-compensates the chain's latency (the first ``latency`` output samples are dropped and the chain
-is flushed at the end), resamples back and writes 24-bit wav or flac at the input's rate and
-exact length. Resampling (:class:`engine.io.resample.StreamingResampler`) equals the offline
-render's ``resample_poly``. Memory does not grow with the file: a 60-minute file is never in
+:func:`render_file` reads the input in blocks (soundfile) and runs the chain block by block at
+the file's own rate (any in :data:`engine.params.CHAIN_RATES`: 44.1, 48, 88.2, 96 kHz …, no
+resampling), compensates the chain's latency (the first ``latency`` output samples are dropped
+and the chain is flushed at the end) and writes 24-bit wav or flac at the input's rate and exact
+length. Only a file outside those rates (8 or 16 kHz, 384 kHz) is resampled to 44.1 kHz on the
+fly and back (:class:`engine.io.resample.StreamingResampler`, which equals the offline render's
+``resample_poly``). Memory does not grow with the file: a 60-minute file is never in
 memory whole (docs/export.md has the measured peak).
 
 Input checks are those of :func:`engine.io.audio.load_audio`: a problem found in the header
@@ -38,7 +39,7 @@ from engine.io.atomic import atomic_path
 from engine.io.audio import WRITE_EXTENSIONS
 from engine.io.reader import AudioReader
 from engine.io.resample import StreamingResampler
-from engine.params import SAMPLE_RATE
+from engine.rates import chain_rate
 from export.factory import make_chain
 from export.streaming import BACKENDS, StreamingChain
 
@@ -67,7 +68,8 @@ class RenderReport:
 
 
 def render_file(input_path, output_path, chain: StreamingChain, block: int = 512, progress: bool = True) -> RenderReport:
-    """Stream ``input_path`` through ``chain`` in blocks of ``block`` samples (at 44.1 kHz) into
+    """Stream ``input_path`` through ``chain`` in blocks of ``block`` samples (at the rate the
+    chain runs at: :func:`engine.rates.chain_rate` of the file's, set on ``chain``) into
     ``output_path`` (24-bit wav or flac, the input's rate and length). See the module docstring.
 
     ``progress``: show a tqdm bar on stderr (only when stderr is a terminal).
@@ -83,27 +85,31 @@ def render_file(input_path, output_path, chain: StreamingChain, block: int = 512
         raise AudioError(f"--block must be at least 1 sample, got {block}")
     reader = AudioReader(input_path)
     rate = reader.rate
-    to_44k = StreamingResampler(rate, SAMPLE_RATE) if rate != SAMPLE_RATE else None
-    from_44k = StreamingResampler(SAMPLE_RATE, rate) if rate != SAMPLE_RATE else None
-    meter_in, meter_out, peak_out = LoudnessMeter(), LoudnessMeter(), TruePeakMeter()
+    work = chain_rate(rate)   # the file's own rate wherever the chain runs at it
+    if chain.sample_rate != work:
+        chain.set_sample_rate(work)
+    to_chain = StreamingResampler(rate, work) if rate != work else None
+    from_chain = StreamingResampler(work, rate) if rate != work else None
+    meter_in, meter_out, peak_out = LoudnessMeter(work), LoudnessMeter(work), TruePeakMeter()
     chain.reset()
     t0 = time.perf_counter()
     to_skip, written, clipped = chain.latency, 0, 0
-    pending = np.zeros((2, 0), np.float32)   # 44.1 kHz input waiting for a full block
+    pending = np.zeros((2, 0), np.float32)   # input at the chain's rate waiting for a full block
 
     with atomic_path(out, suffix=ext) as tmp:
         with sf.SoundFile(str(tmp), "w", rate, 2, subtype="PCM_24", format="WAV" if ext == ".wav" else "FLAC") as writer:
             def write(chunks: List[np.ndarray], final: bool = False) -> None:
-                """Chain output at 44.1 kHz (latency not yet removed) -> meters -> file."""
+                """Chain output at its rate (latency not yet removed) -> meters -> file."""
                 nonlocal to_skip, written, clipped
-                y44 = np.concatenate(chunks, axis=1) if chunks else np.zeros((2, 0), np.float32)
-                k = min(to_skip, y44.shape[1])
-                y44, to_skip = y44[:, k:], to_skip - k
-                meter_out.add(y44)
-                peak_out.add(y44)
-                y = y44 if from_44k is None else from_44k.process(y44)
-                if final and from_44k is not None:
-                    y = np.concatenate([y, from_44k.flush()], axis=1)
+                yc = np.concatenate(chunks, axis=1) if chunks else np.zeros((2, 0), np.float32)
+                k = min(to_skip, yc.shape[1])
+                yc, to_skip = yc[:, k:], to_skip - k
+                if yc.shape[1]:   # the Torch backend's first outputs are all latency
+                    meter_out.add(yc)
+                    peak_out.add(yc)
+                y = yc if from_chain is None else from_chain.process(yc)
+                if final and from_chain is not None:
+                    y = np.concatenate([y, from_chain.flush()], axis=1)
                 need = reader.frames_read - written   # never more than the input's length
                 y = y[:, :need]
                 if final:
@@ -112,9 +118,9 @@ def render_file(input_path, output_path, chain: StreamingChain, block: int = 512
                 writer.write(np.clip(y, -1.0, 1.0).T)
                 written += y.shape[1]
 
-            def run_blocks(x44: np.ndarray) -> List[np.ndarray]:
+            def run_blocks(xc: np.ndarray) -> List[np.ndarray]:
                 nonlocal pending
-                data = np.concatenate([pending, x44], axis=1) if pending.shape[1] else x44
+                data = np.concatenate([pending, xc], axis=1) if pending.shape[1] else xc
                 n_full = data.shape[1] // block * block
                 outs = [chain.process(data[:, i:i + block]) for i in range(0, n_full, block)]
                 pending = data[:, n_full:]
@@ -127,14 +133,14 @@ def render_file(input_path, output_path, chain: StreamingChain, block: int = 512
                     x = reader.read(IO_BLOCK)
                     if x.shape[1] == 0:
                         break
-                    x44 = x if to_44k is None else to_44k.process(x)
-                    meter_in.add(x44)
-                    write(run_blocks(x44))
+                    xc = x if to_chain is None else to_chain.process(x)
+                    meter_in.add(xc)
+                    write(run_blocks(xc))
                     bar.update(x.shape[1] / rate)
                 reader.finish()
                 last: List[np.ndarray] = []
-                if to_44k is not None:
-                    tail = to_44k.flush()
+                if to_chain is not None:
+                    tail = to_chain.flush()
                     meter_in.add(tail)
                     last += run_blocks(tail)
                 if pending.shape[1]:
@@ -160,7 +166,7 @@ def render_command(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("input")
     ap.add_argument("--params", required=True, metavar="FILE.json", help="chain parameters")
     ap.add_argument("--backend", choices=BACKENDS, default="torch")
-    ap.add_argument("--block", type=int, default=512, metavar="N", help="samples per block at 44.1 kHz")
+    ap.add_argument("--block", type=int, default=512, metavar="N", help="samples per block")
     ap.add_argument("-o", "--output", required=True, metavar="OUT", help=".wav or .flac (24-bit)")
     args = ap.parse_args(argv)
     try:

@@ -9,6 +9,7 @@
     tail = chain.flush()                   # (2, chain.latency): the output still inside the chain
     chain.reset()                          # silence and fresh state, same parameters
     chain.latency                          # samples: out[n] belongs to in[n - latency]
+    chain.set_sample_rate(48000)           # the stream's rate (22.05–192 kHz); starts a fresh stream
     if chain.can_snapshot:                 # ONNX only: snapshot and restore the whole state
         s = chain.get_state(); chain.set_state(s)
 
@@ -39,6 +40,7 @@ import numpy as np
 from engine import params as P
 from engine.errors import AudioError, ChainError
 from engine.params import SAMPLE_RATE
+from engine.rates import check_rate
 
 BACKENDS = ("torch", "onnx", "pedalboard")
 
@@ -54,8 +56,19 @@ class StreamingChain(abc.ABC):
     #: True when :meth:`get_state` / :meth:`set_state` work (the whole stream state is data).
     can_snapshot: bool = False
 
-    def __init__(self, params: Optional[P.ChainParams] = None):
+    def __init__(self, params: Optional[P.ChainParams] = None, sample_rate: int = SAMPLE_RATE):
         self.params = params or P.ChainParams.default()
+        self.sample_rate = check_rate(sample_rate)
+
+    def set_sample_rate(self, sample_rate: int) -> None:
+        """Run at ``sample_rate`` (any in :data:`engine.params.CHAIN_RATES`: filters and time
+        constants for it) from a fresh stream on (the state of one rate means nothing at another)."""
+        self.sample_rate = check_rate(sample_rate)
+        self._rate_changed()
+        self.reset()
+
+    def _rate_changed(self) -> None:
+        """Backends whose settings depend on the rate recompute them here (before the reset)."""
 
     def set_params(self, params: P.ChainParams) -> None:
         """Use ``params`` (already validated by :class:`engine.params.ChainParams`) from the next block on."""

@@ -29,8 +29,9 @@ class TorchSegmentChain(StreamingChain):
 
     backend = "torch"
 
-    def __init__(self, params: Optional[P.ChainParams] = None, segment: int = 1 << 20, preroll: int = 1 << 18):
-        super().__init__(params)
+    def __init__(self, params: Optional[P.ChainParams] = None, segment: int = 1 << 20, preroll: int = 1 << 18,
+                 sample_rate: int = P.SAMPLE_RATE):
+        super().__init__(params, sample_rate)
         if segment % CONTROL_HOP or preroll % CONTROL_HOP or segment <= 0:
             raise ValueError(f"segment and preroll must be positive multiples of {CONTROL_HOP}")
         self.segment, self.preroll = segment, preroll
@@ -55,7 +56,7 @@ class TorchSegmentChain(StreamingChain):
         x = self._buf[:, start - self._buf_start: stop - self._buf_start]
         p, s = self.params.to_tensors()
         with torch.no_grad():
-            y = render_chain(torch.from_numpy(np.ascontiguousarray(x)).unsqueeze(0), p, s)[0].numpy()
+            y = render_chain(torch.from_numpy(np.ascontiguousarray(x)).unsqueeze(0), p, s, self.sample_rate)[0].numpy()
         keep = k * self.segment - start
         return y[:, keep: keep + self.segment]
 

@@ -42,11 +42,12 @@ def test_graph_contract(model):
     assert all(n.domain in ("", "ai.onnx") for n in model.graph.node)
     ins = {i.name: i for i in model.graph.input}
     outs = [o.name for o in model.graph.output]
-    assert list(ins) == ["audio", "params", "switches", "state"] and outs == ["out", "next_state"]
+    assert list(ins) == ["audio", "params", "switches", "sample_rate", "state"] and outs == ["out", "next_state"]
     dims = lambda v: [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim]
     assert dims(ins["audio"]) == [2, "N"] and dims(ins["params"]) == [46] and dims(ins["state"]) == [STATE_SIZE]
     assert ins["switches"].type.tensor_type.elem_type == onnx.TensorProto.BOOL
-    assert {i.name for i in model.graph.initializer} >= {"params", "switches"}  # defaults, overridable
+    assert ins["sample_rate"].type.tensor_type.elem_type == onnx.TensorProto.DOUBLE and dims(ins["sample_rate"]) == [1]
+    assert {i.name for i in model.graph.initializer} >= {"params", "switches", "sample_rate"}  # defaults, overridable
     ops = {n.op_type for n in model.graph.node}
     assert "RNN" in ops and "Loop" not in ops and "Scan" not in ops
 
@@ -71,7 +72,8 @@ def test_filter_design_in_graph_equals_engine(chain):
     g = GraphBuilder("design")
     p = g.input("params", np.float32, [P.NUM_PARAMS])
     with g.scope("d"):
-        g.output(_design_sections(g, g.cast(p, np.float64)), "sos", np.float64, [len(_SECTION_KINDS), 6])
+        g.output(_design_sections(g, g.cast(p, np.float64), g.const(np.array([44100.0]))), "sos", np.float64,
+                 [len(_SECTION_KINDS), 6])
     sess = ort.InferenceSession(g.model(OPSET).SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     for _ in range(5):
@@ -97,7 +99,7 @@ def test_time_coefficients_match_torchcomp():
 
     g = GraphBuilder("tc")
     ms = g.input("ms", np.float32, ["K"])
-    g.output(_time_coef(g, ms), "coef", np.float32, ["K"])
+    g.output(_time_coef(g, ms, g.const(np.float32(44100 / 32))), "coef", np.float32, ["K"])
     sess = ort.InferenceSession(g.model(OPSET).SerializeToString(), session_options(), providers=["CPUExecutionProvider"])
     values = np.geomspace(0.1, 1000.0, 97).astype(np.float32)
     np.testing.assert_allclose(sess.run(None, {"ms": values})[0], time_coef(torch.from_numpy(values), 44100).numpy(),

@@ -84,19 +84,20 @@ def test_render_backends(capsys, wav, theta_file, tmp_path, song):
     assert abs(integrated_loudness(outs["pedalboard"]) - integrated_loudness(offline)) < 2.0
 
 
-def test_render_at_48k_matches_the_offline_path(capsys, tmp_path, song, theta_file):
-    """A 48 kHz file: resampled to 44.1 kHz and back on the fly, exactly as the offline render."""
-    src = tmp_path / "s48.wav"
-    x48 = resample(song, 44100, 48000)
-    sf.write(src, x48.T, 48000, subtype="FLOAT")
-    out = tmp_path / "o48.flac"
+def test_render_at_16k_matches_the_offline_path(capsys, tmp_path, song, theta_file):
+    """A 16 kHz file (below the chain's rates; 48 kHz is rendered natively: tests/test_rates.py):
+    resampled to 44.1 kHz and back on the fly, exactly as the offline render."""
+    src = tmp_path / "s16.wav"
+    x16 = resample(song, 44100, 16000)
+    sf.write(src, x16.T, 16000, subtype="FLOAT")
+    out = tmp_path / "o16.flac"
     assert run(capsys, "render", src, "--params", theta_file, "--backend", "onnx", "-o", out)[0] == 0
     y, rate = read(out)
-    assert rate == 48000 and y.shape == x48.shape
+    assert rate == 16000 and y.shape == x16.shape
     from engine.dsp.chain import render_offline
 
-    offline = render_offline(resample(x48, 48000, 44100), P.ChainParams.from_json(theta_file.read_text()))
-    offline = np.clip(resample(offline, 44100, 48000)[:, :x48.shape[1]], -1, 1)
+    offline = render_offline(resample(x16, 16000, 44100), P.ChainParams.from_json(theta_file.read_text()))
+    offline = np.clip(resample(offline, 44100, 16000)[:, :x16.shape[1]], -1, 1)
     assert np.abs(y - offline).max() <= 1e-4
 
 

@@ -158,7 +158,8 @@ def register(sub) -> dict:
     p.add_argument("--backend", choices=("torch", "onnx", "pedalboard"), default="torch",
                    help="torch: the reference render; onnx: the exact streaming graph; pedalboard: native "
                         "plugins, calibrated (default: torch)")
-    p.add_argument("--block", type=int, default=512, metavar="N", help="samples per block at 44.1 kHz (default 512)")
+    p.add_argument("--block", type=int, default=512, metavar="N", help="samples per block (default 512); the chain runs at the file's rate (22.05–192 kHz; "
+                        "other rates at 44.1 kHz, resampled)")
     p.add_argument("--onnx", metavar="FILE.onnx", help="an exported ONNX chain to run (with --backend onnx)")
     p.add_argument("--pedalboard", metavar="FILE.json",
                    help="calibrated pedalboard settings from `refmaster export --pedalboard` (with --backend pedalboard)")

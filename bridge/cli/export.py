@@ -12,6 +12,7 @@ from engine.errors import RefmasterError
 from engine.io.atomic import atomic_write_bytes, check_output
 from engine.io.jsonfile import JsonError, read_json
 from engine.params import SAMPLE_RATE
+from engine.rates import check_rate
 
 
 def resolve_chain(source: str, presets_dir=None) -> P.ChainParams:
@@ -45,6 +46,7 @@ def cmd_export(args) -> int:
     if not args.onnx and not args.pedalboard:
         raise RefmasterError("nothing to export: give --onnx FILE.onnx and/or --pedalboard FILE.json")
     chain = resolve_chain(args.source, args.presets)
+    rate = check_rate(args.rate)
     inputs = (args.source, args.calibrate_on)
     onnx_out = _check_out(args.onnx, ".onnx", inputs) if args.onnx else None
     pb_out = _check_out(args.pedalboard, ".json", inputs) if args.pedalboard else None
@@ -52,28 +54,30 @@ def cmd_export(args) -> int:
         from export.onnx_chain import CHAIN_LATENCY, OPSET, STATE_SIZE, build_model
         from export.onnx_stream import OnnxStreamingChain
 
-        model = build_model(chain)
+        model = build_model(chain, sample_rate=rate)
         data = model.SerializeToString()
         OnnxStreamingChain(chain, model=data)  # onnxruntime must load what we write
         atomic_write_bytes(onnx_out, data)
         print(f"{onnx_out}: ONNX opset {OPSET}, {len(model.graph.node)} nodes, {len(data) / 1024:.0f} KiB; inputs "
               f"audio (2, N) float32, params (46,), switches (6,), state ({STATE_SIZE},) float64; "
-              f"latency {CHAIN_LATENCY} samples; parameter defaults from {args.source}")
+              f"latency {CHAIN_LATENCY} samples; parameter defaults from {args.source}; sample_rate (1,) float64, "
+              f"default {rate} Hz (any of {P.CHAIN_RATES[0]}…{P.CHAIN_RATES[1]})")
     if pb_out:
         import numpy as np
 
-        from engine.io.audio import load_audio
+        from engine.io.audio import load_audio, resample
         from engine.model.synth import synth_song
         from export.calibrate import calibrate
 
         if args.calibrate_on:
-            audio, source = load_audio(args.calibrate_on).audio, Path(args.calibrate_on).name
+            audio, source = load_audio(args.calibrate_on, rate=rate).audio, Path(args.calibrate_on).name
         else:
-            audio, source = synth_song(0, args.calibration_seconds), "synthesised song (seed 0)"
-        print(f"calibrating the pedalboard chain on {source} ({min(audio.shape[1] / SAMPLE_RATE, args.calibration_seconds):.0f} s, "
-              f"up to {args.evaluations} renders)...", file=sys.stderr)
+            audio, source = resample(synth_song(0, args.calibration_seconds), SAMPLE_RATE, rate), "synthesised song (seed 0)"
+        print(f"calibrating the pedalboard chain at {rate} Hz on {source} "
+              f"({min(audio.shape[1] / rate, args.calibration_seconds):.0f} s, up to {args.evaluations} renders)...",
+              file=sys.stderr)
         r = calibrate(chain, np.asarray(audio), seconds=args.calibration_seconds, max_evaluations=args.evaluations,
-                      source=source)
+                      source=source, sample_rate=rate)
         r.settings.save(pb_out)
         print(f"{pb_out}: pedalboard chain calibrated on {source}: AF distance to the Torch render "
               f"{r.af_before:.5f} -> {r.af_after:.5f} ({r.evaluations} renders, {r.seconds:.0f} s)")
@@ -101,12 +105,13 @@ def cmd_export_check(args) -> int:
         raise RefmasterError(f"{songs_dir}: no songs found (give a folder of music with --songs)")
     if args.what != "segments":
         files = checks.long_enough(files, args.seconds)
+    rate = check_rate(args.rate)
     if args.what == "exactness":
-        songs = {f.name: checks.load_excerpt(f, args.seconds) for f in files}
+        songs = {f.name: checks.load_excerpt(f, args.seconds, sample_rate=rate) for f in files}
         thetas = checks.random_thetas(args.thetas, args.seed)
-        rows = checks.exactness(songs, thetas, progress=say)
-        print(f"ONNX stream vs Torch render: {len(thetas)} random Θ (every module on) on {len(songs)} songs, "
-              f"{args.seconds:g} s each, max |difference| per block configuration (limit 1e-4):")
+        rows = checks.exactness(songs, thetas, progress=say, sample_rate=rate)
+        print(f"ONNX stream vs Torch render at {rate} Hz: {len(thetas)} random Θ (every module on) on {len(songs)} "
+              f"songs, {args.seconds:g} s each, max |difference| per block configuration (limit 1e-4):")
         for config in checks.BLOCK_CONFIGS:
             d = [r["max_abs_diff"] for r in rows if r["blocks"] == config]
             print(f"  blocks {config:>6s}: max {max(d):.2e}   median {sorted(d)[len(d) // 2]:.2e}   "
@@ -130,13 +135,13 @@ def cmd_export_check(args) -> int:
         return 0
     if args.what == "pedalboard":
         chosen = files[:args.n_songs]
-        songs = {f.name: checks.load_excerpt(f, args.seconds) for f in chosen}
+        songs = {f.name: checks.load_excerpt(f, args.seconds, sample_rate=rate) for f in chosen}
         thetas = checks.random_thetas(args.thetas, args.seed)
         rows = checks.pedalboard_fidelity(songs, thetas, evaluations=args.evaluations,
-                                          calibration_seconds=args.seconds, progress=say)
+                                          calibration_seconds=args.seconds, progress=say, sample_rate=rate)
         limits = {"loudness_lu": 0.5, "bark_mid_db_rms": 1.0, "crest_db": 1.0}
-        print(f"pedalboard chain vs Torch render: {len(songs)} songs x {len(thetas)} random Θ (every module on), "
-              f"{args.seconds:g} s excerpts, CMA-ES with {args.evaluations} renders per case")
+        print(f"pedalboard chain vs Torch render at {rate} Hz: {len(songs)} songs x {len(thetas)} random Θ "
+              f"(every module on), {args.seconds:g} s excerpts, CMA-ES with {args.evaluations} renders per case")
         print(f"  {'':24s} {'uncalibrated':>26s}   {'calibrated':>26s}")
         print(f"  {'':24s} {'max |.|':>12s} {'median |.|':>12s}   {'max |.|':>12s} {'median |.|':>12s}  limit  passed")
         ok = True
@@ -167,6 +172,9 @@ def register(sub) -> dict:
                    help="track to calibrate the pedalboard chain on (default: a synthesised song)")
     p.add_argument("--calibration-seconds", type=float, default=20.0, help="excerpt length (default 20)")
     p.add_argument("--evaluations", type=int, default=200, help="CMA-ES budget in renders (default 200)")
+    p.add_argument("--rate", type=int, default=SAMPLE_RATE,
+                   help=f"the session's sample rate: the ONNX graph's default rate and the rate the pedalboard "
+                        f"chain is calibrated at (default {SAMPLE_RATE})")
 
     p = sub.add_parser("export-check", help="measure the exports: exactness, pedalboard fidelity, render memory, "
                                             "Torch segments")
@@ -178,6 +186,9 @@ def register(sub) -> dict:
     p.add_argument("--n-songs", type=int, default=5, help="songs for the pedalboard and segments checks (default 5; segments: the longest)")
     p.add_argument("--evaluations", type=int, default=200, help="CMA-ES budget per case (default 200)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rate", type=int, default=SAMPLE_RATE,
+                   help=f"exactness and pedalboard: the sample rate to check at (default {SAMPLE_RATE}; the "
+                        f"songs are resampled to it; any of {P.CHAIN_RATES[0]}…{P.CHAIN_RATES[1]})")
     p.add_argument("--minutes", type=float, default=60.0, help="memory check: length of the synthesised file")
     p.add_argument("--backend", default="onnx", choices=("torch", "onnx", "pedalboard"), help="memory check backend")
     p.add_argument("--block", type=int, default=512, help="memory check block size")

@@ -37,6 +37,33 @@ def _fit_length(y: np.ndarray, n: int) -> np.ndarray:
     return np.pad(y, ((0, 0), (0, max(0, n - y.shape[1]))))[:, :n]
 
 
+def _at_model_rate(native):
+    """The input as the models read it: at SAMPLE_RATE (resampled if the file is at another rate)."""
+    from engine.io.audio import LoadedAudio
+
+    if native.rate == SAMPLE_RATE:
+        return native
+    return LoadedAudio(resample(native.audio, native.rate, SAMPLE_RATE), native.path, native.source_rate,
+                       native.source_channels, native.source_frames)
+
+
+def _master_at_file_rate(native, result):
+    """The master at the input file's own rate, when the chain runs at it (white-box; 22.05–192 kHz):
+    f_norm and the chain with the final Θ applied to the decoded input itself, not to a 44.1 kHz
+    copy, so the audio path is never resampled (Φ, Ψ, ITO and the matches read the 44.1 kHz copy;
+    Θ is in real units, so it means the same at every rate). None where that does not apply: the
+    44.1 kHz render is the master, resampled back if the file is at another rate (black-box, whose
+    network runs at 44.1 kHz only, and rates outside the chain's)."""
+    from engine.rates import chain_rate
+
+    if result.chain is None or native.rate == SAMPLE_RATE or chain_rate(native.rate) != native.rate:
+        return None
+    from engine.dsp.chain import render_offline
+    from engine.model.fxnorm import fx_normalize, load_stats
+
+    return render_offline(fx_normalize(native.audio, load_stats(), native.rate), result.chain, native.rate)
+
+
 def _settings(args):
     from engine.mastering.job import MasterSettings
 
@@ -80,7 +107,8 @@ def _inputs(args):
     store = PresetStore(args.presets)
     if args.model == "white-box":
         store.check_writable()  # the preset is saved after the work: a folder that refuses it says so now
-    x = load_audio(args.input, min_seconds=MIN_MASTER_SECONDS)
+    native = load_audio(args.input, min_seconds=MIN_MASTER_SECONDS, rate=None)   # the file's own rate
+    x = _at_model_rate(native)
     ref = load_audio(args.ref, min_seconds=MIN_MASTER_SECONDS)
     ito_ref = load_audio(args.ito_ref, min_seconds=MIN_MASTER_SECONDS) if args.ito_ref else None
     fp = fingerprint(ref.audio)
@@ -95,7 +123,7 @@ def _inputs(args):
         else:
             print(f"note: preset '{existing.name}' exists for this reference (modified {existing.modified}); "
                   f"--from-preset starts from it, otherwise it is updated with this result", file=sys.stderr)
-    return out, settings, x, ref, ito_ref, store, fp, existing, z_start
+    return out, settings, native, x, ref, ito_ref, store, fp, existing, z_start
 
 
 def _run(args, model, settings, x, ref, ito_ref, z_start):
@@ -150,11 +178,10 @@ def cmd_master(args) -> int:
     t0 = time.monotonic()  # stage times for the report (`refmaster bench master` reads them)
     threads = check_threads(args.threads)
     from bridge.cli.report import params_change_table, plot_master
-    from engine.analysis.features import analyze
     from engine.model.networks import load_model
 
     t_import = time.monotonic()
-    out, settings, x, ref, ito_ref, store, fp, existing, z_start = _inputs(args)
+    out, settings, native, x, ref, ito_ref, store, fp, existing, z_start = _inputs(args)
     t_decode = time.monotonic()
     choice = use_threads(threads)  # after decoding: a window long enough to judge the other processes' load
     model = load_model(args.model, args.weights)
@@ -163,15 +190,17 @@ def cmd_master(args) -> int:
         raise RefmasterError(f"preset '{existing.name}' was made with another model (embedding size {z_start.shape[0]})")
     result = _run(args, model, settings, x, ref, ito_ref, z_start)
     t_master = time.monotonic()
-    y = result.output
-    if x.source_rate != SAMPLE_RATE:
-        y = resample(y, SAMPLE_RATE, x.source_rate)
+    y = _master_at_file_rate(native, result)
+    del native
+    if y is None:
+        y = result.output if x.source_rate == SAMPLE_RATE else resample(result.output, SAMPLE_RATE, x.source_rate)
     y = _fit_length(y, x.source_frames)
     clipped = write_audio(out, y, x.source_rate)
     t_write = time.monotonic()
     preset_path = _save_preset(args, model, settings, result, store, fp, existing)
     t_preset = time.monotonic()
-    a_in, a_out, a_ref = analyze(x.audio), analyze(result.output), analyze(ref.audio)
+    a_in, a_out, a_ref = _analyses([(x.audio, SAMPLE_RATE), (y, x.source_rate), (ref.audio, SAMPLE_RATE)],
+                                   spectrum=bool(args.plot), threads=choice.threads)
     result.seconds.update(startup=t0 - runtime.START.wall, imports=t_import - t0, decode=t_decode - t_import,
                           model_load=t_model - t_decode, write=t_write - t_master, preset_save=t_preset - t_write,
                           analysis=time.monotonic() - t_preset)
@@ -231,6 +260,17 @@ def cmd_master(args) -> int:
     if clipped:
         print(f"warning: {clipped} samples exceeded full scale and were clipped", file=sys.stderr)
     return 0
+
+
+def _analyses(signals, spectrum: bool, threads: int) -> list:
+    """:func:`engine.analysis.features.analyze` of each ``(audio, rate)``, side by side on the threads
+    the job had (their filters, resampling and FFTs run outside the GIL); the bark balance only for a plot."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from engine.analysis.features import analyze
+
+    with ThreadPoolExecutor(max_workers=max(1, min(threads, len(signals)))) as pool:
+        return list(pool.map(lambda s: analyze(s[0], s[1], spectrum=spectrum), signals))
 
 
 def _brief(a: dict) -> dict:

@@ -11,6 +11,11 @@ Signals are ``(B, 2, T)`` float32 or float64 on any device; parameters ``(B, 46)
 or ``(6,)`` booleans (``None``: all on). The render is latency-compensated: output sample
 ``n`` belongs to input sample ``n``. A streaming implementation has a constant latency of
 :data:`CHAIN_LATENCY` samples (see :mod:`engine.dsp.dynamics`).
+
+Any rate in :data:`engine.params.CHAIN_RATES` (22.05–192 kHz): Θ is in real units, so the biquads
+are designed for the rate and every time constant (attack, release, the RMS window) is converted
+at it; the control frame stays :data:`engine.dsp.dynamics.CONTROL_HOP` samples (finer in time at
+higher rates, so the latency, 128 samples, is 2.9 ms at 44.1 kHz and 1.3 ms at 96 kHz).
 """
 
 from __future__ import annotations
@@ -22,9 +27,10 @@ import torch
 
 from engine import params as P
 from engine.dsp.dynamics import CONTROL_HOP, DYNAMICS_LATENCY, compressor_expander_gain, limiter_gain
-from engine.dsp.filters import design_biquad, sosfilt, three_band_split
+from engine.dsp.filters import design_biquad, iir_tail, sosfilt, three_band_split
 from engine.errors import ChainError
 from engine.params import EQ_BANDS, MB_BANDS, SAMPLE_RATE
+from engine.rates import check_rate
 
 #: Streaming latency of the whole chain: the lookahead of the compressor and of the limiter.
 CHAIN_LATENCY = 2 * DYNAMICS_LATENCY
@@ -45,7 +51,7 @@ def eq_sections(params: torch.Tensor, sample_rate: float = SAMPLE_RATE) -> torch
 
 def parametric_eq(x: torch.Tensor, params: torch.Tensor, sample_rate: float = SAMPLE_RATE) -> torch.Tensor:
     """Low shelf, four peaking bands, high shelf in series (RBJ biquads, exact IIR)."""
-    return sosfilt(x, eq_sections(params, sample_rate))
+    return sosfilt(x, eq_sections(params, sample_rate), iir_tail(sample_rate))
 
 
 def saturation(x: torch.Tensor, drive_db: torch.Tensor, mix: torch.Tensor) -> torch.Tensor:
@@ -120,12 +126,12 @@ def _run_module(name: str, x: torch.Tensor, sample_rate: float, params: torch.Te
 
 # ------------------------------------------------------------------------------ the chain
 
-def render_offline(audio, chain: "P.ChainParams"):
-    """Render ``(2, T)`` float32 numpy audio through the chain with ``chain``'s Θ and switches
-    (no gradients); the reference the streaming backends are measured against."""
+def render_offline(audio, chain: "P.ChainParams", sample_rate: float = SAMPLE_RATE):
+    """Render ``(2, T)`` float32 numpy audio at ``sample_rate`` through the chain with ``chain``'s Θ
+    and switches (no gradients); the reference the streaming backends are measured against."""
     params, switches = chain.to_tensors()
     with torch.no_grad():
-        y = render_chain(torch.from_numpy(audio).unsqueeze(0), params, switches)
+        y = render_chain(torch.from_numpy(audio).unsqueeze(0), params, switches, sample_rate)
     return y[0].numpy()
 
 
@@ -137,6 +143,8 @@ def render_chain(audio: torch.Tensor, params: torch.Tensor, switches: Optional[t
         audio: ``(B, 2, T)`` stereo signal (float32 or float64).
         params: ``(B, 46)`` or ``(46,)`` real-unit parameters in schema order.
         switches: ``(B, 6)`` or ``(6,)`` module on/off (bool or 0/1), ``None`` for all on.
+        sample_rate: the audio's rate, any in :data:`engine.params.CHAIN_RATES`: the filters are
+            designed and the time constants (ms) converted for it.
         check_params: validate ranges first (one host sync; training may skip it).
     Returns:
         ``(B, 2, T)``, aligned with the input. With every switch off it is the input, exactly.
@@ -146,6 +154,8 @@ def render_chain(audio: torch.Tensor, params: torch.Tensor, switches: Optional[t
     """
     if audio.dim() != 3 or audio.shape[1] != 2:
         raise ChainError("input", f"expected audio of shape (B, 2, T), got {tuple(audio.shape)}")
+    if sample_rate != SAMPLE_RATE:
+        sample_rate = check_rate(sample_rate)
     B, _, T = audio.shape
     if params.dim() == 1:
         # One Θ for the whole batch (ITO's excerpts): kept as (1, 46) so the filters are

@@ -26,8 +26,21 @@ from typing import Tuple
 import torch
 from dasp_pytorch.signal import biquad as dasp_biquad
 
-#: Samples of impulse-response tail kept un-aliased by the FFT filtering (about 3 s).
+from engine.params import SAMPLE_RATE
+from engine.rates import design_freq_limit
+
+#: Samples of impulse-response tail kept un-aliased by the FFT filtering at SAMPLE_RATE (about 3 s);
+#: at another rate the same time, :func:`iir_tail`.
 IIR_TAIL = 1 << 17
+
+
+def iir_tail(sample_rate: float = SAMPLE_RATE) -> int:
+    """Samples of tail for ``sample_rate``: :data:`IIR_TAIL`'s 2.97 s, rounded up to an FFT-friendly
+    size (a 20 Hz pole decays over the same time at every rate; at 96 kHz 2^17 samples would keep
+    only 1.4 s of it)."""
+    if sample_rate == SAMPLE_RATE:
+        return IIR_TAIL
+    return _smooth_size(-(-IIR_TAIL * int(sample_rate) // SAMPLE_RATE))
 
 #: Butterworth Q; two cascaded Butterworth sections make one 4th-order Linkwitz-Riley filter.
 BUTTERWORTH_Q = 1.0 / math.sqrt(2.0)
@@ -47,11 +60,13 @@ def design_biquad(gain_db: torch.Tensor, freq_hz: torch.Tensor, q: torch.Tensor,
 
     Always designed in float64: rounding the coefficients of a 20 Hz shelf to float32 moves
     its poles enough to change the output by 1e-3, far more than any arithmetic error.
+    Frequencies above :func:`engine.rates.design_freq_limit` (only below 44.1 kHz) are designed at it.
     """
     if kind not in FILTER_KINDS:
         raise ValueError(f"unknown filter kind {kind!r}")
     d = torch.float64
-    b, a = dasp_biquad(gain_db.to(d), freq_hz.to(d), q.to(d), sample_rate, kind)
+    freq = freq_hz.to(d).clamp(max=design_freq_limit(sample_rate))
+    b, a = dasp_biquad(gain_db.to(d), freq, q.to(d), sample_rate, kind)
     return torch.cat([b, a], dim=-1)
 
 
@@ -71,9 +86,9 @@ def _smooth_size(n: int) -> int:
     return best
 
 
-def fft_length(num_samples: int) -> int:
+def fft_length(num_samples: int, tail: int = IIR_TAIL) -> int:
     """FFT size for filtering ``num_samples``: room for the signal and the response tail."""
-    return _smooth_size(num_samples + IIR_TAIL)
+    return _smooth_size(num_samples + tail)
 
 
 @lru_cache(maxsize=8)
@@ -153,28 +168,29 @@ def sos_response(sos: torch.Tensor, n_fft: int) -> torch.Tensor:
     return _section_responses(sos, n_fft)[2]
 
 
-def impulse_response(sos: torch.Tensor) -> torch.Tensor:
-    """First :data:`IIR_TAIL` samples of the cascade's impulse response: ``(B, S, 6)`` -> ``(B, IIR_TAIL)``.
+def impulse_response(sos: torch.Tensor, tail: int = IIR_TAIL) -> torch.Tensor:
+    """First ``tail`` samples of the cascade's impulse response: ``(B, S, 6)`` -> ``(B, tail)``.
 
-    Sampled on a ``2 * IIR_TAIL`` grid, so aliasing and truncation both only touch the part
+    Sampled on a ``2 * tail`` grid, so aliasing and truncation both only touch the part
     of the response that has already decayed (see the module docstring).
     """
-    n = 2 * IIR_TAIL
-    return torch.fft.irfft(sos_response(sos.to(torch.float64), n), n)[:, :IIR_TAIL]
+    n = 2 * tail
+    return torch.fft.irfft(sos_response(sos.to(torch.float64), n), n)[:, :tail]
 
 
 def fft_convolve(x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """Causal linear convolution of ``x`` ``(B, C, T)`` with per-item responses ``h`` ``(B, K)``,
     cropped to ``T`` samples."""
     T = x.shape[-1]
-    n = fft_length(max(T, h.shape[-1]))
+    n = fft_length(max(T, h.shape[-1]), h.shape[-1])
     Y = torch.fft.rfft(x, n) * torch.fft.rfft(h.to(x.dtype), n).unsqueeze(1)
     return torch.fft.irfft(Y, n)[..., :T]
 
 
-def sosfilt(x: torch.Tensor, sos: torch.Tensor) -> torch.Tensor:
-    """Filter ``x`` ``(B, C, T)`` with the cascade ``sos`` ``(B, S, 6)`` (causal, zero state)."""
-    return fft_convolve(x, impulse_response(sos))
+def sosfilt(x: torch.Tensor, sos: torch.Tensor, tail: int = IIR_TAIL) -> torch.Tensor:
+    """Filter ``x`` ``(B, C, T)`` with the cascade ``sos`` ``(B, S, 6)`` (causal, zero state);
+    ``tail``: :func:`iir_tail` of the signal's rate."""
+    return fft_convolve(x, impulse_response(sos, tail))
 
 
 def crossover_sections(low_hz: torch.Tensor, high_hz: torch.Tensor, sample_rate: float) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -199,8 +215,9 @@ def three_band_split(x: torch.Tensor, low_hz: torch.Tensor, high_hz: torch.Tenso
     """
     T = x.shape[-1]
     lp, hp = crossover_sections(low_hz, high_hz, sample_rate)
-    n = fft_length(T)
+    tail = iir_tail(sample_rate)
+    n = fft_length(T, tail)
     X = torch.fft.rfft(x, n)
-    low = torch.fft.irfft(X * torch.fft.rfft(impulse_response(lp).to(x.dtype), n).unsqueeze(1), n)[..., :T]
-    high = torch.fft.irfft(X * torch.fft.rfft(impulse_response(hp).to(x.dtype), n).unsqueeze(1), n)[..., :T]
+    low = torch.fft.irfft(X * torch.fft.rfft(impulse_response(lp, tail).to(x.dtype), n).unsqueeze(1), n)[..., :T]
+    high = torch.fft.irfft(X * torch.fft.rfft(impulse_response(hp, tail).to(x.dtype), n).unsqueeze(1), n)[..., :T]
     return low, x - low - high, high

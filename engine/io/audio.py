@@ -23,7 +23,7 @@ import threading
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator, List, Sequence, Union
+from typing import Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import soundfile as sf
@@ -46,15 +46,16 @@ PathLike = Union[str, os.PathLike]
 class LoadedAudio:
     """Decoded audio plus what the file was."""
 
-    audio: np.ndarray  # (2, T) float32 at SAMPLE_RATE
+    audio: np.ndarray  # (2, T) float32 at ``rate``
     path: Path
     source_rate: int
     source_channels: int
     source_frames: int
+    rate: int = SAMPLE_RATE  # of ``audio``: SAMPLE_RATE, or the file's own (``load_audio(rate=None)``)
 
     @property
     def seconds(self) -> float:
-        return self.audio.shape[1] / SAMPLE_RATE
+        return self.audio.shape[1] / self.rate
 
 
 def _declared_riff_bytes(path: Path, size: int):
@@ -179,13 +180,15 @@ def check_mp3_length(path: PathLike, fmt: str, declared_frames: int, decoded_fra
                          f"only {decoded_frames / rate:.1f} s decode)")
 
 
-def load_audio(path: PathLike, min_seconds: float = MIN_SECONDS, allow_silent: bool = False) -> LoadedAudio:
-    """Decode ``path`` to stereo float32 at 44.1 kHz or raise :class:`AudioError`."""
+def load_audio(path: PathLike, min_seconds: float = MIN_SECONDS, allow_silent: bool = False,
+               rate: Optional[int] = SAMPLE_RATE) -> LoadedAudio:
+    """Decode ``path`` to stereo float32 at ``rate`` (default 44.1 kHz; None: the file's own rate,
+    no resampling) or raise :class:`AudioError`."""
     p = check_path(path)
     with decoder_messages() as said:
         try:
             with sf.SoundFile(str(p)) as f:
-                declared_frames, rate, channels, fmt = f.frames, f.samplerate, f.channels, f.format
+                declared_frames, file_rate, channels, fmt = f.frames, f.samplerate, f.channels, f.format
                 data = f.read(dtype="float32", always_2d=True)
             failure = None
         except (sf.LibsndfileError, RuntimeError, OSError, ValueError) as e:
@@ -193,7 +196,7 @@ def load_audio(path: PathLike, min_seconds: float = MIN_SECONDS, allow_silent: b
     if failure is not None:
         raise decode_error(p, failure, said) from None
     check_header(p, channels, fmt)
-    check_mp3_length(p, fmt, declared_frames, data.shape[0], rate)
+    check_mp3_length(p, fmt, declared_frames, data.shape[0], file_rate)
     if data.shape[0] == 0:
         raise AudioError(f"{p}: contains no audio samples")
     if not np.isfinite(data).all():
@@ -201,10 +204,11 @@ def load_audio(path: PathLike, min_seconds: float = MIN_SECONDS, allow_silent: b
     audio = data.T
     if channels == 1:
         audio = np.repeat(audio, 2, axis=0)
-    audio = resample(audio, rate)
-    out = LoadedAudio(np.ascontiguousarray(audio), p, rate, channels, data.shape[0])
+    target = file_rate if rate is None else rate
+    audio = resample(audio, file_rate, target)
+    out = LoadedAudio(np.ascontiguousarray(audio), p, file_rate, channels, data.shape[0], target)
     if out.seconds < min_seconds:
-        raise AudioError(f"{p}: is {data.shape[0] / rate:.2f} s long; at least {min_seconds:g} s is needed")
+        raise AudioError(f"{p}: is {data.shape[0] / file_rate:.2f} s long; at least {min_seconds:g} s is needed")
     if not allow_silent and float(np.abs(audio).max()) < SILENCE_PEAK:
         raise AudioError(f"{p}: is silent (peak below -120 dBFS); there is nothing to analyse or master")
     return out

@@ -1,0 +1,76 @@
+"""Mutations guarding issue 11 (refmaster in the DAW): the chain at the session's sample rate
+(tests/test_rates.py), the JACK insert, bypass and amount (tests/test_insert.py) and
+`bench insert`. See tests/mutations.py for the format."""
+
+from mutations import Mutation
+
+RATES = "tests/test_rates.py"
+
+MUTATIONS = [
+    # 1. the chain at any rate: Torch
+    Mutation("daw-filters-designed-at-44k", "design_biquad",
+             "dasp_biquad(gain_db.to(d), freq, q.to(d), sample_rate, kind)",
+             "dasp_biquad(gain_db.to(d), freq, q.to(d), 44100, kind)",
+             (f"{RATES}::test_the_chain_sounds_the_same_at_48k_because_it_is_designed_for_the_rate",
+              f"{RATES}::test_a_peaking_band_and_an_attack_time_mean_the_same_at_96k"),
+             "the filters are designed for 44.1 kHz whatever the rate: at 48 kHz every band moves 8.8 % up"),
+    Mutation("daw-time-constants-at-44k", "time_coef", "ms2coef(ms, sample_rate / CONTROL_HOP)",
+             "ms2coef(ms, 44100 / CONTROL_HOP)",
+             (f"{RATES}::test_a_peaking_band_and_an_attack_time_mean_the_same_at_96k",),
+             "attack and release are converted at 44.1 kHz: at 96 kHz a 10 ms attack takes 4.6 ms"),
+    Mutation("daw-filter-tail-in-samples", "iir_tail", "    if sample_rate == SAMPLE_RATE:\n", "    if True:\n",
+             (f"{RATES}::test_the_filter_tail_covers_the_slowest_filter_at_every_rate",),
+             "the FFT filtering keeps 2^17 samples at every rate: 0.7 s at 192 kHz, where a 20 Hz shelf still rings"),
+    Mutation("daw-no-design-limit", "design_biquad", "freq_hz.to(d).clamp(max=design_freq_limit(sample_rate))",
+             "freq_hz.to(d)",
+             (f"{RATES}::test_bands_above_nyquist_are_designed_at_the_limit",),
+             "at 22.05 kHz a band set above Nyquist is designed there (no filter, or an unstable one)"),
+    # the ONNX graph
+    Mutation("daw-onnx-filters-at-44k", "_design_sections", 'g.op("Div", freq, rate64)',
+             'g.op("Div", freq, g.const(F64(SAMPLE_RATE)))',
+             (f"{RATES}::test_onnx_equals_torch_at_the_rate",),
+             "the graph designs its filters for 44.1 kHz whatever its sample_rate input says"),
+    Mutation("daw-onnx-time-constants-at-44k", "_coefficients", "frame_rate32 = g.cast(frame_rate64, F32)",
+             "frame_rate32 = g.const(F32(SAMPLE_RATE / HOP))",
+             (f"{RATES}::test_onnx_equals_torch_at_the_rate",),
+             "the graph converts attack and release at 44.1 kHz whatever the rate"),
+    Mutation("daw-onnx-rms-window-at-44k", "_coefficients", "frame_rate64))), F32)",
+             "g.const(F64(SAMPLE_RATE / HOP))))), F32)",
+             (f"{RATES}::test_onnx_equals_torch_at_the_rate",),
+             "the graph's RMS detector averages over 10 ms at 44.1 kHz whatever the rate"),
+    Mutation("daw-onnx-cache-ignores-rate", "build_graph", "key = g.concat([prm64, rate], axis=0)",
+             "key = g.concat([prm64, g.const(np.array([44100.0]))], axis=0)",
+             (f"{RATES}::test_onnx_rate_is_an_input_with_the_exported_default",),
+             "a host that changes the rate input mid-stream keeps the old rate's filters"),
+    Mutation("daw-onnx-export-rate-ignored", "build_graph",
+             'np.array([sample_rate], F64), "sample_rate"', 'np.array([SAMPLE_RATE], F64), "sample_rate"',
+             (f"{RATES}::test_onnx_rate_is_an_input_with_the_exported_default",),
+             "`export --rate 48000` writes a graph whose rate defaults to 44.1 kHz"),
+    Mutation("daw-onnx-stream-rate-not-fed", "OnnxStreamingChain.reset",
+             "self._feed_rate = np.array([self.sample_rate], np.float64)",
+             "self._feed_rate = np.array([P.SAMPLE_RATE], np.float64)",
+             (f"{RATES}::test_onnx_equals_torch_at_the_rate", f"{RATES}::test_render_processes_a_48k_file_at_48k"),
+             "the ONNX backend feeds 44.1 kHz to the graph whatever rate it was set to"),
+    # pedalboard
+    Mutation("daw-pedalboard-at-44k", "PedalboardStreamingChain.front",
+             "board(e[:, i:i + MAX_BLOCK], self.sample_rate, reset=False)", "board(e[:, i:i + MAX_BLOCK], 44100, reset=False)",
+             (f"{RATES}::test_pedalboard_runs_at_the_rate",),
+             "the pedalboard EQ is designed for 44.1 kHz whatever the rate"),
+    Mutation("daw-pedalboard-crossovers-at-44k", "PedalboardStreamingChain._configure",
+             'dtype=torch.float64), self.sample_rate)', 'dtype=torch.float64), SAMPLE_RATE)',
+             (f"{RATES}::test_pedalboard_runs_at_the_rate",),
+             "the pedalboard chain's crossovers are designed for 44.1 kHz whatever the rate"),
+    # render and master at the file's rate
+    Mutation("daw-render-resamples-48k", "render_file", "work = chain_rate(rate)", "work = P.SAMPLE_RATE",
+             (f"{RATES}::test_render_processes_a_48k_file_at_48k",),
+             "`render` takes a 48 kHz file to 44.1 kHz and back (today's 48 -> 44.1 -> 48)"),
+    Mutation("daw-master-resamples-48k", "_master_at_file_rate",
+             "if result.chain is None or native.rate == SAMPLE_RATE", "if True or native.rate == SAMPLE_RATE",
+             (f"{RATES}::test_master_writes_a_48k_master_at_48k",),
+             "`master` renders a 48 kHz input at 44.1 kHz and resamples the master back"),
+    Mutation("daw-master-no-fnorm-at-48k", "_master_at_file_rate",
+             "render_offline(fx_normalize(native.audio, load_stats(), native.rate), result.chain, native.rate)",
+             "render_offline(native.audio, result.chain, native.rate)",
+             (f"{RATES}::test_master_writes_a_48k_master_at_48k",),
+             "the 48 kHz master is the chain on the raw input, not on f_norm of it (what Θ was fitted to)"),
+]
