@@ -270,8 +270,14 @@ def test_eval_shows_fad_musicnn_next_to_af(tmp_path, capsys):
     assert main(argv + ["--fad"]) == 0
     head, row = [l.split() for l in capsys.readouterr().out.splitlines()[1:3]]
     assert head[:3] == ["system", "AF", "FAD"] and float(row[2]) == pytest.approx(want, abs=0.006)
+    assert main(argv[:3] + ["1", "--seconds", "4", "--fad"]) == 2   # one 3 s patch: refused before any work
+    assert "at least two 3 s patches" in capsys.readouterr().err
     assert main(argv) == 0                               # a folder: FAD only when asked
     assert "FAD" not in capsys.readouterr().out.splitlines()[1]
+    # the embeddings are MSD_musicnn's penultimate layer, as the original computes it
+    rate, clip = golden_clips()["stereo44k"]
+    got = embeddings(clip, rate)
+    assert np.abs(got - np.array(GOLDEN["clips"]["stereo44k"]["MSD_musicnn"]["penultimate"])).max() <= EMBEDDING_TOLERANCE
 
 
 @pytest.mark.slow
@@ -280,11 +286,46 @@ def test_eval_ito_curve_prints_af_and_fad_after_each_step_count(tmp_path, capsys
     from bridge.cli import main
 
     monkeypatch.setattr(curve, "CURVE_STEPS", (0, 2))    # the real curve is 0, 10, 25, 50, 100
-    folder = _songs_folder(tmp_path / "songs", 4.0)
-    assert main(["eval", str(folder), "--ito-curve", "--pairs", "1", "--seconds", "3.5", "--json"]) == 0
+    folder = _songs_folder(tmp_path / "songs")
+    assert main(["eval", str(folder), "--ito-curve", "--pairs", "1", "--seconds", "6.5", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert [c["steps"] for c in r["curve"]] == [0, 2] and len(r["rows"]) == 2
     none, two = r["rows"]
     assert none["steps_run"] == 0 and 1 <= two["steps_run"] <= 2
     assert all(np.isfinite(c["af"]) and np.isfinite(c["fad_musicnn"]) for c in r["curve"])
     assert r["curve"][0]["fad_musicnn"] != r["curve"][1]["fad_musicnn"]  # ITO changed the master
+
+
+# ------------------------------------------------------------------------------ eval-prompts
+
+def test_the_papers_three_features_by_their_definitions():
+    from engine.mastering.prompt_eval import prompt_features
+
+    t = np.arange(44100 * 2) / 44100
+    tone = 0.5 * np.sin(2 * np.pi * 1000.0 * t)
+    f = prompt_features(np.stack([tone, tone]))
+    assert f["centroid_hz"] == pytest.approx(1000.0, rel=0.02)
+    assert f["crest_db"] == pytest.approx(20 * np.log10(np.sqrt(2)), abs=0.01)   # a sine: peak/RMS = √2
+    assert f["rms_db"] == pytest.approx(20 * np.log10(0.5 / np.sqrt(2)), abs=0.01)
+    bright = prompt_features(np.stack([tone, tone]) + 0.2 * np.sin(2 * np.pi * 6000.0 * t))
+    assert bright["centroid_hz"] == pytest.approx((0.5 * 1000 + 0.2 * 6000) / 0.7, rel=0.02)  # magnitude-weighted
+
+
+def test_the_papers_claims_are_checked_among_the_three_prompted_masters():
+    from engine.mastering.prompt_eval import PAPER_CLAIMS, check_claims
+
+    after = {"classical": {"centroid_hz": 3000, "crest_db": 14, "rms_db": -20},
+             "metal": {"centroid_hz": 2500, "crest_db": 10, "rms_db": -14},
+             "hip-hop": {"centroid_hz": 1500, "crest_db": 9, "rms_db": -12}}
+    assert check_claims(after) == {c[0]: True for c in PAPER_CLAIMS}
+    after["metal"]["rms_db"] = -11                     # metal louder than hip-hop: that claim fails, only that one
+    assert [k for k, ok in check_claims(after).items() if not ok] == ["hip-hop: highest RMS"]
+
+
+def test_eval_prompts_refuses_an_unknown_prompt_in_one_line(tmp_path, capsys):
+    from bridge.cli import main
+
+    folder = _songs_folder(tmp_path / "songs", 2.0)
+    assert main(["eval-prompts", str(folder), "--prompts", "classical, polka"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'polka'" in err

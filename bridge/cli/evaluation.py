@@ -77,6 +77,11 @@ def cmd_eval(args) -> int:
         raise RefmasterError(f"{folder}: not a folder")
     pairs = args.pairs if args.pairs is not None else (24 if args.corpus else 12)
     seconds = args.seconds if args.seconds is not None else (30.0 if args.corpus else 10.0)
+    fad = args.fad if args.fad is not None else args.corpus is not None
+    if fad or args.ito_curve:
+        from engine.mastering.naturalness import check_enough_patches
+
+        check_enough_patches(pairs, seconds)
     if args.ito_curve:
         return _ito_curve(args, folder, pairs, seconds)
     systems = [s.strip() for s in args.systems.split(",")] if args.systems else list(SYSTEMS)
@@ -100,7 +105,7 @@ def cmd_eval(args) -> int:
         result = compare_systems(folder, systems, models, pairs=pairs, seconds=seconds, seed=args.seed,
                                  ito_steps=args.ito_steps, theta_steps=args.theta_steps, ito_lr=args.lr,
                                  drv_weight=args.drv_weight, corpus=Path(args.corpus) if args.corpus else None,
-                                 split=args.split, fad=args.fad if args.fad is not None else args.corpus is not None)
+                                 split=args.split, fad=fad)
     except FileNotFoundError as e:
         raise RefmasterError(str(e)) from None
     if args.json:

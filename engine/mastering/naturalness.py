@@ -23,7 +23,7 @@ import torch
 
 from engine.errors import UsageError
 from engine.io.audio import load_audio
-from engine.model.musicnn import load_tagger, log_mel, patches, to_musicnn_rate
+from engine.model.musicnn import HOP, MUSICNN_RATE, PATCH_FRAMES, load_tagger, log_mel, patches, to_musicnn_rate
 from engine.params import SAMPLE_RATE
 
 #: The tagger whose penultimate layer FAD_musicnn compares.
@@ -39,6 +39,19 @@ def embeddings(audio: np.ndarray, rate: int = SAMPLE_RATE) -> np.ndarray:
     x = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).unsqueeze(0)
     spec = log_mel(to_musicnn_rate(x, rate))[0]
     return tagger(patches(spec))[1].double().numpy()
+
+
+def patch_count(seconds: float) -> int:
+    """How many patches :func:`embeddings` makes of ``seconds`` of audio (a short clip is one short patch)."""
+    frames = 1 + int(seconds * MUSICNN_RATE) // HOP
+    return max(1, frames // PATCH_FRAMES)
+
+
+def check_enough_patches(tracks: int, seconds: float) -> None:
+    """One line, before any work, when ``tracks`` masters of ``seconds`` are too few for a covariance."""
+    if tracks * patch_count(seconds) < 2:
+        raise UsageError(f"FAD_musicnn needs at least two 3 s patches per system: {tracks} track(s) of "
+                         f"{seconds:g} s give {tracks * patch_count(seconds)}; use more pairs or longer excerpts")
 
 
 def statistics(embedded: Iterable[np.ndarray]) -> Tuple[np.ndarray, np.ndarray, int]:

@@ -18,6 +18,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from engine.io.audio import load_audio
 from engine.mastering.job import MasterSettings, master
@@ -75,16 +76,18 @@ def _middle(path: Path, seconds: float) -> np.ndarray:
 
 def evaluate_prompts(model: MasteringModel, files: Sequence[Path], prompts: Sequence[str] = PAPER_PROMPTS,
                      seconds: float = 10.0, steps: int = 50,
-                     on_master: Optional[Callable[[str, str, np.ndarray], None]] = None) -> dict:
+                     on_master: Optional[Callable[[str, str, np.ndarray], None]] = None, progress: bool = True) -> dict:
     """Each song before and after each prompt (see the module docstring). ``on_master(song, prompt or
     "before", audio)`` sees every master (plots, listening)."""
     if len(files) < 2:
         raise FileNotFoundError("need at least two songs (each is mastered towards the next)")
     audio = [(Path(f).name, _middle(Path(f), seconds)) for f in files]
     songs: List[dict] = []
+    bar = tqdm(total=len(audio) * (1 + len(prompts)), desc="eval-prompts", unit="master", disable=not progress)
     for i, (name, x) in enumerate(audio):
         ref = audio[(i + 1) % len(audio)][1]
         before = master(model, x, ref, MasterSettings(ito=False)).output
+        bar.update(1)
         if on_master:
             on_master(name, "before", before)
         p_before = tag_probabilities(torch.from_numpy(before).unsqueeze(0), prompts)
@@ -94,12 +97,14 @@ def evaluate_prompts(model: MasteringModel, files: Sequence[Path], prompts: Sequ
             out = master(model, x, ref, MasterSettings(ito=False, nudge=prompt, nudge_steps=steps)).output
             if on_master:
                 on_master(name, prompt, out)
+            bar.update(1)
             row["after"][prompt] = prompt_features(out)
             row["p_after"][prompt] = tag_probabilities(torch.from_numpy(out).unsqueeze(0), [prompt])[prompt]
         row["probability_up"] = {p: row["p_after"][p] > row["p_before"][p] for p in prompts}
         if set(PAPER_PROMPTS) <= set(prompts):
             row["claims"] = check_claims({p: row["after"][p] for p in PAPER_PROMPTS})
         songs.append(row)
+    bar.close()
     result = {"songs": songs, "seconds": seconds, "steps": steps, "prompts": list(prompts),
               "probability_up": {p: int(sum(r["probability_up"][p] for r in songs)) for p in prompts}}
     if songs and "claims" in songs[0]:
