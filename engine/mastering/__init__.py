@@ -1,2 +1,3 @@
 """From a track and a reference to a master: ITO (ito.py), nudges, the loudness and dynamics matches, the job
-(job.py: normalise, embed, predict, ITO, match, nudge, render) and evaluation. May import the rest of engine/."""
+(job.py: normalise, embed, predict, ITO, match, nudge, render), prompts (prompts.py: musicnn tags as nudge words),
+evaluation, FAD_musicnn (naturalness.py) and the ITO curve. May import the rest of engine/."""
