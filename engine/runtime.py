@@ -29,9 +29,11 @@ from engine.errors import UsageError
 
 #: The shortest window worth judging the other processes' load on (s); shorter ones are extended.
 MIN_WINDOW_S = 0.25
-#: Cores count as taken by others from this share of a core on (0.5: a core half used by someone
-#: else slows a thread on it about as much as it gains).
-BUSY_SHARE = 0.5
+#: Cores count as taken by others from this share of a core on. A quarter is enough: every
+#: operation waits for its slowest thread, so a thread that loses a quarter of its core to another
+#: process slows all of them (measured: a 6 s master took 10 min with two threads beside a job
+#: holding ~45 % of a core at higher priority).
+BUSY_SHARE = 0.25
 
 
 def available_cores() -> int:

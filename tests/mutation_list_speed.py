@@ -99,3 +99,31 @@ MUTATIONS += [
              (f"{SEGMENTS}::test_a_decoded_track_reads_back_what_load_audio_decodes",),
              "the clipped-sample count of a long master is the last block's"),
 ]
+
+MUTATIONS += [
+    # work done once
+    Mutation("speed-loudness-match-renders-whole-chain", "match_loudness", "render = split_render(audio, theta)",
+             "render = lambda th: render_chain(audio, th, check_params=False)",
+             (f"{SPEED}::test_loudness_match_renders_the_chain_before_the_gain_once",),
+             "the full-track loudness match renders the whole chain once per correction"),
+    Mutation("speed-split-render-loses-the-tail", "split_render", "torch.nn.functional.pad(audio, (0, CHAIN_LATENCY))",
+             "audio",
+             (f"{SPEED}::test_loudness_match_renders_the_chain_before_the_gain_once",),
+             "the limiter's look-ahead at the end of the master reads silence instead of the multiband's tail"),
+    Mutation("speed-loudness-divides-by-the-cut-block", "LoudnessMeter.integrated", "/ (0.4 * self.rate)",
+             "/ (stop - start)",
+             (f"{SPEED}::test_integrated_loudness_is_pyloudnorms",),
+             "a last gating block cut short by the end is averaged over its own length, not pyloudnorm's 400 ms"),
+    Mutation("speed-spectrum-chunks-short", "spectrum_power", "last * hop + n_fft", "last * hop + n_fft // 2",
+             (f"{SPEED}::test_long_spectra_are_summed_in_chunks_to_the_same_power",),
+             "the chunked long spectrum leaves out the last frame of each chunk"),
+    Mutation("speed-analysis-spectrum-anyway", "Analysis._add", "        if self.spectrum:\n", "        if True:\n",
+             (f"{SPEED}::test_analysis_without_the_spectrum_reports_the_same_figures",),
+             "an analysis without the bark balance computes it anyway"),
+    Mutation("speed-master-analyses-with-spectrum", "cmd_master", "spectrum=bool(args.plot)", "spectrum=True",
+             (f"{SPEED}::test_master_threads_option_is_the_thread_count_it_masters_with",),
+             "`master` computes the bark balance of three tracks that only a plot shows"),
+    Mutation("speed-master-analyses-one-by-one", "_analyses", "max_workers=max(1, min(threads, len(signals)))",
+             "max_workers=1", (f"{SPEED}::test_master_threads_option_is_the_thread_count_it_masters_with",),
+             "the report's three analyses run one after another on an idle machine"),
+]

@@ -41,7 +41,7 @@ from engine.dsp.metering import gain_reduction
 from engine.errors import ChainError, UsageError
 from engine.mastering.ito import (DRV_WEIGHT, FrozenWhiteBox, ITOResult, Objective, af_objective, choose_excerpts,
                                   excerpt_batch, join_excerpts, optimize_embedding, optimize_params)
-from engine.mastering.matches import dynamics_material, match_dynamics, match_loudness
+from engine.mastering.matches import dynamics_material, dynamics_offset, match_dynamics, match_loudness
 from engine.mastering.nudge import nudge_objective, parse_nudges
 from engine.mastering.tonal import balance_of, match_tonal_balance
 from engine.model.fxnorm import fx_normalize, load_stats
@@ -143,6 +143,7 @@ class _Job:
         self.loudness = self.dynamics = self.tonal = self.gain_reduction = None
         self.words: List[str] = []
         self._ref_stats: Dict[str, object] = {}
+        self._material: Optional[tuple] = None
 
     @contextlib.contextmanager
     def timed(self, step: str):
@@ -161,6 +162,16 @@ class _Job:
             self._ref_stats["drv"] = drv_db(self.level_ref)
         return self._ref_stats["features"], self._ref_stats["drv"]
 
+    def material(self):
+        """What the tonal and dynamics matches and the metering render: the track or segments of it
+        (:func:`engine.mastering.matches.dynamics_material`) and how much louder those are than the
+        whole (LU), found once (each was measured two or three times over)."""
+        if self._material is None:
+            full = torch.from_numpy(self.x_norm).unsqueeze(0)
+            segments = dynamics_material(full)
+            self._material = (segments, dynamics_offset(full, segments))
+        return self._material
+
     # -- the steps, in order
     def normalise(self) -> None:
         """f_norm of the input, as in training, and the excerpts Ψ and ITO read."""
@@ -178,7 +189,7 @@ class _Job:
     def predict(self) -> None:
         """Ψ's one global Θ for the excerpts (white-box)."""
         if self.white:
-            with torch.no_grad():
+            with self.timed("predict"), torch.no_grad():
                 self.theta = FrozenWhiteBox(self.model, self.excerpts).theta(self.z)
         self.theta0 = self.theta_ito = self.theta
 
@@ -207,7 +218,8 @@ class _Job:
             with self.timed("dynamics"):
                 ref_feats, ref_drv = self.target_stats()
                 self.theta, self.dynamics = match_dynamics(full, self.theta, target_lufs, ref_drv,
-                                                           {k: v.double() for k, v in ref_feats.items()}, s.drv_weight)
+                                                           {k: v.double() for k, v in ref_feats.items()}, s.drv_weight,
+                                                           material=self.material())
         with self.timed("loudness"):
             self.theta, self.y, self.loudness = match_loudness(full, self.theta, target_lufs)
 
@@ -215,11 +227,8 @@ class _Job:
         """The EQ and width fitted to the reference's balance, on the material the dynamics match
         renders, at the loudness the master will have (so the limiter works as it will); the
         dynamics match after it then has the last word on the peaks."""
-        segments = dynamics_material(full)
+        segments, offset = self.material()
         render = lambda th: join_excerpts(render_chain(segments, th, check_params=False))  # noqa: E731
-        offset = 0.0
-        if segments.shape[-1] < full.shape[-1]:
-            offset = integrated_loudness(join_excerpts(segments)[0].numpy()) - integrated_loudness(full[0].numpy())
         level = target_lufs + offset
         if not math.isfinite(level):
             return self.theta, None
@@ -251,8 +260,7 @@ class _Job:
             raise ChainError("render", "the master contains NaN or infinite samples")
         if self.white:
             with self.timed("metering"):
-                self.gain_reduction = gain_reduction(dynamics_material(torch.from_numpy(self.x_norm).unsqueeze(0)),
-                                                     self.theta)
+                self.gain_reduction = gain_reduction(self.material()[0], self.theta)
         return out
 
 

@@ -12,14 +12,14 @@ makes loudness non-linear in gain).
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
 
 from engine import params as P
 from engine.analysis.features import AudioFeatureLoss, integrated_loudness, segments_drv
-from engine.dsp.chain import render_chain
+from engine.dsp.chain import CHAIN_LATENCY, render_chain
 from engine.mastering.ito import DRV_WEIGHT, join_excerpts
 from engine.params import SAMPLE_RATE
 
@@ -44,7 +44,7 @@ def match_loudness(audio: torch.Tensor, theta: torch.Tensor, target_lufs: float,
     spec = P.spec("gain.gain")
     theta = theta.detach().clone()
     if render is None:
-        render = lambda th: render_chain(audio, th, check_params=False)  # noqa: E731
+        render = split_render(audio, theta)
     with torch.no_grad():
         y = render(theta)
     before = now = integrated_loudness(y[0].numpy())
@@ -93,6 +93,23 @@ def match_loudness(audio: torch.Tensor, theta: torch.Tensor, target_lufs: float,
     return theta, y, info
 
 
+def split_render(audio: torch.Tensor, theta: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``render(θ)`` = ``render_chain(audio, θ)`` for every θ that differs from ``theta`` only in
+    the modules from the make-up gain on (gain, imager, limiter), at a fraction of the cost.
+
+    The modules before the gain (EQ, saturation, multiband: nearly all of a render's time) are
+    rendered once, with the chain's zero tail of :data:`engine.dsp.chain.CHAIN_LATENCY` samples
+    kept, so the limiter's look-ahead reads what it reads in the whole chain; ``render`` runs the
+    rest on that. Measured: equal to the whole render to float rounding (tests/test_mastering.py);
+    the full-track loudness match had rendered the whole chain once per correction.
+    """
+    T = audio.shape[-1]
+    after = torch.arange(len(P.MODULES)) >= P.MODULES.index("gain")
+    with torch.no_grad():
+        pre = render_chain(torch.nn.functional.pad(audio, (0, CHAIN_LATENCY)), theta.detach(), ~after, check_params=False)
+    return lambda th: render_chain(pre, th, after, check_params=False)[..., :T]
+
+
 #: Where the dynamics match stops: close enough (dB of DRV), and at most this many thresholds tried.
 DRV_TOLERANCE_DB = 0.1
 DRV_MAX_TRIALS = 6
@@ -117,8 +134,17 @@ def dynamics_material(audio: torch.Tensor) -> torch.Tensor:
     return torch.cat([audio[..., s : s + n] for s in starts])
 
 
-def match_dynamics(audio: torch.Tensor, theta: torch.Tensor, target_lufs: float, target_drv: float,
-                   ref_features: Optional[Dict[str, torch.Tensor]] = None, drv_weight: float = DRV_WEIGHT):
+def dynamics_offset(audio: torch.Tensor, segments: torch.Tensor) -> float:
+    """How much louder (LU) the :func:`dynamics_material` ``segments`` of ``audio`` are than the whole
+    (0 when they are the whole): a match on the segments aims at the target plus this."""
+    if segments.shape[-1] >= audio.shape[-1]:
+        return 0.0
+    return integrated_loudness(join_excerpts(segments)[0].numpy()) - integrated_loudness(audio[0].numpy())
+
+
+def match_dynamics(audio: Optional[torch.Tensor], theta: torch.Tensor, target_lufs: float, target_drv: float,
+                   ref_features: Optional[Dict[str, torch.Tensor]] = None, drv_weight: float = DRV_WEIGHT,
+                   material: Optional[Tuple[torch.Tensor, float]] = None):
     """Set the limiter threshold of ``theta`` for the reference's dynamics at its loudness;
     returns ``(θ, info)``.
 
@@ -134,18 +160,20 @@ def match_dynamics(audio: torch.Tensor, theta: torch.Tensor, target_lufs: float,
     match after ITO can move the gain by several dB into the limiter (measured: up to +9.5 dB on
     real pairs), which sets the dynamics more than anything ITO did. This runs on the whole track
     (or, past :data:`DYNAMICS_SECONDS`, on segments spread over it, at the loudness they should have).
+    ``material``: those segments and their :func:`dynamics_offset` when the caller has them (then
+    ``audio`` may be None: a long input that is not held whole).
     """
     theta = theta.detach().clone()
     info = {"target_drv_db": target_drv, "before_drv_db": math.nan, "after_drv_db": math.nan,
             "threshold_change_db": 0.0, "trials": []}
     if not (math.isfinite(target_drv) and math.isfinite(target_lufs)):
         return theta, info
-    segments = dynamics_material(audio)
-    offset = 0.0
-    if segments.shape[-1] < audio.shape[-1]:
-        offset = integrated_loudness(join_excerpts(segments)[0].numpy()) - integrated_loudness(audio[0].numpy())
-        if not math.isfinite(offset):
-            return theta, info
+    if material is None:
+        segments = dynamics_material(audio)
+        material = (segments, dynamics_offset(audio, segments))
+    segments, offset = material
+    if not math.isfinite(offset):
+        return theta, info
     af = AudioFeatureLoss() if ref_features is not None else None
     spec = P.spec("limiter.threshold")
     t0 = float(theta[_THRESHOLD])
