@@ -2,9 +2,11 @@
 ``musicnn.extractor.extractor``: librosa + TensorFlow) on the clips of :mod:`tools.musicnn_clips`.
 Run in the venv that has TensorFlow, librosa and the musicnn wheel (not refmaster's)::
 
-    /tmp/tfvenv/bin/pip install tensorflow-cpu==2.15.1 librosa==0.9.2
+    python3.11 -m venv /tmp/tfvenv
+    /tmp/tfvenv/bin/pip install tensorflow-cpu==2.15.1 librosa==0.8.1 numpy==1.23.5 numba==0.58.1 \
+        scipy==1.11.4 scikit-learn==1.3.2 safetensors
     /tmp/tfvenv/bin/pip install --no-deps /tmp/musicnn/musicnn-0.1.0-py3-none-any.whl
-    /tmp/tfvenv/bin/python -m tools.musicnn_golden
+    /tmp/tfvenv/bin/python -m tools.musicnn_golden      # from the repository root
 
 Each clip is written as a float WAV at its own rate; ``extractor`` loads it with librosa
 (mono, resampled to 16 kHz where it is not), cuts 3 s patches without overlap and returns, per patch,
