@@ -117,3 +117,11 @@ def test_master_fits_the_balance_by_default():
     assert bark_distance_db(on.output, reference) < bark_distance_db(off.output, reference) - 1.0
     assert abs(integrated_loudness(on.output) - integrated_loudness(reference)) < 0.2
     assert np.isfinite(on.output).all()
+
+
+def test_the_fit_works_under_no_grad(song):
+    # the evaluations call master() inside torch.no_grad(); the fit needs its own gradient there
+    reference = render_chain(song, _theta(**KNOWN_EQ), check_params=False)
+    with torch.no_grad():
+        theta, info = match_tonal_balance(_theta(), _render(song), balance_of(reference), rounds=1)
+    assert info["after_db"] < 0.5 * info["before_db"]

@@ -155,6 +155,12 @@ def fit_balance(theta: torch.Tensor, y_power: torch.Tensor, ref: Balance, steps:
                 prior_weight: float = PRIOR_WEIGHT) -> torch.Tensor:
     """Θ with its EQ and width fitted so that ``y_power`` (2, J) — the mid/side sub-band power of
     the render of ``theta`` (:func:`mid_side_power`) — reshaped by the change of EQ and imager matches ``ref``."""
+    # Callers may hold torch.no_grad() (the evaluations do); this fit needs its own gradient.
+    with torch.enable_grad():
+        return _fit_balance(theta, y_power, ref, steps, side_weight, width_weight, prior_weight)
+
+
+def _fit_balance(theta, y_power, ref, steps, side_weight, width_weight, prior_weight):
     theta = theta.detach().double()
     old = _eq_power(theta) * _imager_power(theta)
     u0 = P.normalize_tensor(theta)[_INDEX].clamp(1e-4, 1 - 1e-4)
