@@ -116,10 +116,12 @@ def test_errors_change_nothing(server, dump, address, types, values, reason):
 def test_dump_has_every_value(server, dump):
     server.state.set_value("limiter.threshold", -6.5)
     server.state.set_switch("imager", False)
+    server.state.set_control("amount", 0.25)
     send(server, A.DUMP, "si", HOST, dump.port)
     done = dump.wait_address(A.DUMP_DONE)[-1]
     got = dict((a, args) for a, args in dump.messages)
-    assert done == [len(dump.messages) - 1] and done[0] == 2 * P.NUM_PARAMS + len(P.MODULES) + 1
+    assert done == [len(dump.messages) - 1] and done[0] == 2 * P.NUM_PARAMS + len(P.MODULES) + 2 + 1
+    assert got["/refmaster/bypass"] == [0] and got["/refmaster/amount"] == [0.25]   # the live controls too
     for s in P.PARAMS:
         v = server.state.value(s.key)
         assert got[A.param_address(s)][0] == pytest.approx(v, rel=1e-6, abs=1e-6)
@@ -300,7 +302,7 @@ def test_address_space_is_generated_from_the_schema(capsys):
     assert set(s.key for s in A.PARAM_ADDRESSES.values()) == set(P.PARAM_KEYS)
     assert main(["osc", "addresses", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert len(rows) == 2 * P.NUM_PARAMS + len(P.MODULES) + len(A.COMMANDS)
+    assert len(rows) == 2 * P.NUM_PARAMS + len(P.MODULES) + len(A.CONTROL_ADDRESSES) + len(A.COMMANDS)
     assert {"address": "/refmaster/param/limiter/release", "args": "f",
             "meaning": "Limiter release (widened from 100 ms: f draws 20–1000 ms): 5…1000 ms (log)"} in rows
 
@@ -342,7 +344,10 @@ def test_open_stage_control_layout(tmp_path, capsys):
     session = json.loads(out.read_text())
     assert session["type"] == "session"
     tabs = session["content"]["tabs"]
-    assert [t["label"] for t in tabs] == [P.MODULE_TITLES[m] for m in P.MODULES]
+    assert [t["label"] for t in tabs] == ["A/B"] + [P.MODULE_TITLES[m] for m in P.MODULES]
+    ab, tabs = tabs[0], tabs[1:]   # the live controls first: bypass toggle, amount fader
+    assert ab["widgets"][0]["address"] == "/refmaster/bypass" and ab["widgets"][0]["mode"] == "toggle"
+    assert ab["widgets"][1]["widgets"][0]["address"] == "/refmaster/amount"
     faders = {w["address"]: w for t in tabs for w in t["widgets"][1]["widgets"]}
     assert len(faders) == P.NUM_PARAMS
     f = faders["/refmaster/param/multiband/low_release"]

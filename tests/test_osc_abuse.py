@@ -271,7 +271,7 @@ def test_dumps_to_one_target_come_at_most_once_a_second(server):
         p.collect(quiet=1.5)
         done = p.addresses(A.DUMP_DONE)
         assert 1 <= len(done) <= 1 + int((time.monotonic() - t0) / 1.0) and len(done) <= 4
-        assert done[0][1] == [2 * P.NUM_PARAMS + len(P.MODULES) + 1]
+        assert done[0][1] == [2 * P.NUM_PARAMS + len(P.MODULES) + 2 + 1]   # + bypass, amount
     finally:
         p.close()
 

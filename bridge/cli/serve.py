@@ -1,7 +1,15 @@
-"""`refmaster serve`: play a song through a preset's chain live, in sync with OSC controllers.
+"""`refmaster serve`: play a song through a preset's chain live, in sync with OSC controllers; or,
+with ``--insert``, run the DAW's audio through it as a JACK insert (docs/daw.md).
 
     refmaster serve --input SONG --preset NAME [--backend onnx|pedalboard] [--osc-port P]
                     [--osc-host H --allow CIDR...] [--secret-file FILE] [--record-max-mb MB]
+    refmaster serve --insert --preset NAME [--connect-from PORT [PORT]] [--connect-to PORT [PORT]]
+                    [--insert-block N] [--jack-server NAME] [--jack-name NAME] [OSC options as above]
+
+The insert (:mod:`bridge.live.insert`) has two input and two output ports at the JACK server's rate
+and period, reports its latency to JACK (and prints it), and takes the same OSC control, feedback,
+smoothing, bypass, amount and saving as the song player. No JACK server, a server that goes
+away, a port that does not exist: one line, and the preset is saved if the session changed it.
 
 Plays to JACK when a JACK server runs (``--jack auto``, the default), else to a wav file
 (``--output``, default ``<song>.live.wav``). Every applied parameter change is recorded with its
@@ -152,15 +160,139 @@ class ChangeRecorder:
         return self._done - self.lost
 
 
-def cmd_serve(args) -> int:
-    from bridge.live.engine import LiveEngine, open_backend, prepare_realtime, run_paced
-    from bridge.live.outputs import FileOutput, JackOutput, jack_available
+def _save_on_exit(args, server, state):
+    """Save the preset if the session changed it (unless --no-save): (what to say, exit status)."""
+    if args.no_save or state.snapshot() == server.preset.chain:
+        return "", 0
+    try:
+        path = server.save_preset()
+    except RefmasterError as e:
+        print(f"refmaster: error: the preset was not saved: {e}", file=sys.stderr)
+        return "", 2
+    return f"; saved preset '{server.preset.name}' to {path}", 0
+
+
+def _latency_lines(st: dict) -> str:
+    return (f"message -> block rendered: p50 {st['latency_ms_p50']:.2f} ms, p99 {st['latency_ms_p99']:.2f} ms; "
+            f"-> block playing: p50 {st['play_latency_ms_p50']:.2f} ms, p99 {st['play_latency_ms_p99']:.2f} ms")
+
+
+def cmd_insert(args) -> int:
+    """`serve --insert`: the preset's chain as a JACK insert, under OSC control."""
+    from bridge.live.engine import ChainProcessor, open_backend, prepare_realtime
+    from bridge.live.insert import JackInsert, choose_block, open_client
     from bridge.osc.access import AllowList, read_secret
     from bridge.osc.dialects import Dialect, parse_vars
     from bridge.osc.server import OscServer
     from bridge.osc.state import BridgeState
     from engine.io.atomic import check_output
     from engine.io.audio import load_audio
+    from engine.rates import check_rate
+    from presets import Preset, PresetStore
+
+    if args.input:
+        raise RefmasterError("--insert processes what JACK sends it: give no --input")
+    if not args.record_max_mb > 0:
+        raise RefmasterError(f"--record-max-mb {args.record_max_mb:g}: must be more than 0")
+    if args.allow:
+        AllowList(args.allow)
+    secret = read_secret(args.secret_file)
+    inputs = (args.ref, args.preset, args.onnx_model, args.pedalboard_settings)
+    record = check_output(args.record or "insert.changes.jsonl", inputs, "change record")
+    store = PresetStore(args.presets)
+    pf = Path(args.preset)
+    preset = Preset.from_file(pf) if pf.suffix == ".json" and pf.is_file() else store.get(args.preset)
+    dialects = [Dialect.load(d, parse_vars(args.var)) for d in (args.dialect or [])]
+    reference = load_audio(args.ref).audio if args.ref else None
+    state = BridgeState(preset.chain)
+    client = open_client(args.jack_server, args.jack_name)
+    try:
+        rate, period = client.samplerate, client.blocksize
+        try:
+            check_rate(rate)
+        except RefmasterError as e:
+            raise RefmasterError(f"the JACK server runs at {rate} Hz: {e}") from None
+        backend = open_backend(args.backend, preset.chain, onnx_model=args.onnx_model,
+                               pedalboard_settings=args.pedalboard_settings)
+        backend.set_sample_rate(rate)
+        if args.insert_block:
+            if args.insert_block % period or not period <= args.insert_block <= 16384:
+                raise RefmasterError(f"--insert-block {args.insert_block}: must be a multiple of JACK's period "
+                                     f"({period}) up to 16384")
+            block, why = args.insert_block, "as asked (--insert-block)"
+        else:
+            block, p99 = choose_block(backend, period, rate)
+            why = (f"the chain renders {block} frames in {1000 * p99:.2f} ms (p99), within half their "
+                   f"{1000 * block / rate:.1f} ms twice over" + ("" if block == period else
+                                                                  f"; {period} frames took longer"))
+        insert = JackInsert(client, ChainProcessor(backend, state, block))
+    except BaseException:
+        client.close()
+        raise
+    ito, nudge = ito_handlers(preset, None, reference)
+    server = OscServer(state, args.osc_host, args.osc_port, store=store, preset=preset, ito_handler=ito,
+                       nudge_handler=nudge, dialects=dialects, reference=reference, allow=args.allow, secret=secret)
+    recorder = ChangeRecorder(state, record, int(args.record_max_mb * (1 << 20)))
+    stop = threading.Event()
+    status = 0
+    prepare_realtime()
+    previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
+    thread = threading.Thread(target=insert.run, args=(stop,), name="render", daemon=True)
+    try:
+        server.start()
+        insert.start(args.connect_from or (), args.connect_to or ())
+        thread.start()
+        host, port = server.address
+        ms = 1000.0 * insert.latency / rate
+        print(f"refmaster serve --insert: '{preset.name}', {args.backend} backend; {insert.description}", flush=True)
+        print(f"latency: {insert.latency} frames ({ms:.1f} ms), reported to JACK on the ports: internal block "
+              f"{block} frames ({why}), {insert.ahead} frames ahead + the chain's {backend.latency}", flush=True)
+        print(f"listening: osc.udp://{host}:{port}/  (refmaster osc addresses); hosts allowed: {server.allow}"
+              f"{'; shared secret required (/refmaster/auth)' if secret else ''}", flush=True)
+        limit = None if args.seconds is None else args.seconds * rate / block
+        while not stop.wait(0.1) and not insert.stopped.is_set():
+            if limit is not None and insert.processor.stats.blocks >= limit:
+                break
+    except RefmasterError as e:
+        print(f"refmaster: error: {e}", file=sys.stderr, flush=True)
+        status = 2
+    finally:
+        stop.set()
+        if thread.is_alive():
+            thread.join(timeout=10)
+        server.close()
+        insert.close()
+        saved, save_status = _save_on_exit(args, server, state)
+        n = recorder.close()
+        if insert.failure:
+            print(f"refmaster: error: {insert.failure}" + (saved or "; the preset is unchanged"), file=sys.stderr,
+                  flush=True)
+            status = 2
+        f, st = insert.figures(), insert.processor.stats.summary()
+        print(f"stopped: {st['blocks']} blocks of {block} frames, {f['xruns']} xruns, {f['late_periods']} late "
+              f"periods, callback p50 {f['callback_p50']:.3f} / p99 {f['callback_p99']:.3f} / max "
+              f"{f['callback_max']:.3f} of a period; {n} parameter changes recorded in {record}{saved}", flush=True)
+        if st["applied_messages"]:
+            print(_latency_lines(st), flush=True)
+        for s, h in previous.items():
+            signal.signal(s, h)
+    return status or save_status
+
+
+def cmd_serve(args) -> int:
+    if args.insert:
+        return cmd_insert(args)
+    if not args.input:
+        raise RefmasterError("give --input SONG to play, or --insert to process what a JACK client (a DAW) sends")
+    from bridge.live.engine import LiveEngine, open_backend, prepare_realtime, run_paced
+    from bridge.live.outputs import FileOutput, JackOutput, jack_rate
+    from engine.rates import chain_rate
+    from bridge.osc.access import AllowList, read_secret
+    from bridge.osc.dialects import Dialect, parse_vars
+    from bridge.osc.server import OscServer
+    from bridge.osc.state import BridgeState
+    from engine.io.atomic import check_output
+    from engine.io.audio import load_audio, resample
     from presets import Preset, PresetStore
 
     if args.block < 16 or args.block > 16384:
@@ -178,29 +310,39 @@ def cmd_serve(args) -> int:
     pf = Path(args.preset)
     preset = Preset.from_file(pf) if pf.suffix == ".json" and pf.is_file() else store.get(args.preset)
     dialects = [Dialect.load(d, parse_vars(args.var)) for d in (args.dialect or [])]
-    song = load_audio(args.input)
+    # the chain runs at JACK's rate (the song is brought to it), or at the song's own rate for a file
+    server_rate = jack_rate(args.jack_server) if args.jack != "off" else None
+    use_jack = args.jack == "on" or (args.jack == "auto" and server_rate is not None)
+    song = load_audio(args.input, rate=None)
+    rate = server_rate if use_jack and server_rate else chain_rate(song.rate)
+    if use_jack and server_rate:
+        from engine.rates import check_rate
+
+        check_rate(server_rate)
+    song_audio = resample(song.audio, song.rate, rate)               # the song is the source, not the chain
+    for_models = resample(song.audio, song.rate, SAMPLE_RATE)        # what ITO and nudges read
     reference = load_audio(args.ref).audio if args.ref else None
     state = BridgeState(preset.chain)
     backend = open_backend(args.backend, preset.chain, onnx_model=args.onnx_model,
                            pedalboard_settings=args.pedalboard_settings)
-    engine = LiveEngine(song.audio, backend, state, args.block, loop=not args.no_loop, playing=not args.paused)
-    use_jack = args.jack == "on" or (args.jack == "auto" and jack_available(args.jack_server))
-    ito, nudge = ito_handlers(preset, song.audio, reference)
+    backend.set_sample_rate(rate)
+    engine = LiveEngine(song_audio, backend, state, args.block, loop=not args.no_loop, playing=not args.paused)
+    ito, nudge = ito_handlers(preset, for_models, reference)
     server = OscServer(state, args.osc_host, args.osc_port, store=store, preset=preset, ito_handler=ito,
-                       nudge_handler=nudge, transport=engine, dialects=dialects, song=song.audio,
+                       nudge_handler=nudge, transport=engine, dialects=dialects, song=for_models,
                        reference=reference, allow=args.allow, secret=secret)
     try:
         if use_jack:
             output = JackOutput(engine, args.jack_server, args.jack_name,
                                 None if args.jack_connect == "none" else args.jack_connect)
         else:
-            output = FileOutput(Path(args.output) if args.output else Path(f"{song.path.stem}.live.wav"))
+            output = FileOutput(Path(args.output) if args.output else Path(f"{song.path.stem}.live.wav"), rate)
     except BaseException:
         server.close()
         raise
     recorder = ChangeRecorder(state, record, int(args.record_max_mb * (1 << 20)))
     stop = threading.Event()
-    max_blocks = None if args.seconds is None else max(1, int(round(args.seconds * SAMPLE_RATE / args.block)))
+    max_blocks = None if args.seconds is None else max(1, int(round(args.seconds * rate / args.block)))
 
     def render():
         try:
@@ -218,7 +360,7 @@ def cmd_serve(args) -> int:
     if use_jack:
         output.start()
     host, port = server.address
-    print(f"refmaster serve: '{preset.name}' on {song.path.name} ({song.seconds:.1f} s"
+    print(f"refmaster serve: '{preset.name}' on {song.path.name} ({song.seconds:.1f} s at {rate} Hz"
           f"{', looping' if not args.no_loop else ''}), {args.backend} backend, {args.block}-sample blocks, "
           f"parameter changes {'crossfaded across a block' if backend.can_snapshot else 'stepped in 8 parts of a block'}",
           flush=True)
@@ -235,23 +377,13 @@ def cmd_serve(args) -> int:
         thread.join(timeout=10)
         server.close()
         output.close()
-        saved = ""
-        current = server.preset
-        if not args.no_save and state.snapshot() != current.chain:
-            try:
-                path = server.save_preset()
-                saved = f"; saved preset '{server.preset.name}' to {path}"
-            except RefmasterError as e:
-                print(f"refmaster: error: the preset was not saved: {e}", file=sys.stderr)
-                status = 2
+        saved, status = _save_on_exit(args, server, state)
         n = recorder.close()
         st = engine.stats.summary()
         print(f"stopped: {st['blocks']} blocks, {st['missed_deadlines']} missed deadlines, "
               f"{n} parameter changes recorded in {record}{saved}", flush=True)
         if st["applied_messages"]:
-            print(f"message -> block rendered: p50 {st['latency_ms_p50']:.2f} ms, p99 {st['latency_ms_p99']:.2f} ms; "
-                  f"-> block playing: p50 {st['play_latency_ms_p50']:.2f} ms, p99 {st['play_latency_ms_p99']:.2f} ms",
-                  flush=True)
+            print(_latency_lines(st), flush=True)
         # a second Ctrl-C or SIGTERM during the clean-up above only sets `stop` again
         for s, h in previous.items():
             signal.signal(s, h)
@@ -259,8 +391,20 @@ def cmd_serve(args) -> int:
 
 
 def register(sub) -> dict:
-    p = sub.add_parser("serve", help="play a song through a preset live, in sync with OSC controllers")
-    p.add_argument("--input", required=True, metavar="SONG", help="the song to play (looped)")
+    p = sub.add_parser("serve", help="play a song through a preset live, or (--insert) process a DAW's audio "
+                                     "through it as a JACK insert, in sync with OSC controllers")
+    p.add_argument("--input", metavar="SONG", help="the song to play (looped); not with --insert")
+    p.add_argument("--insert", action="store_true",
+                   help="be a JACK insert: ports in_1, in_2 -> the chain -> out_1, out_2 at the server's rate and "
+                        "period, latency reported to JACK (docs/daw.md)")
+    p.add_argument("--connect-from", nargs="+", metavar="PORT",
+                   help="--insert: connect these JACK output ports (left, right; one feeds both) to in_1, in_2")
+    p.add_argument("--connect-to", nargs="+", metavar="PORT",
+                   help="--insert: connect out_1, out_2 to these JACK input ports (e.g. system:playback_1 "
+                        "system:playback_2)")
+    p.add_argument("--insert-block", type=int, metavar="N",
+                   help="--insert: frames the chain processes at once, a multiple of the period (default: the "
+                        "smallest that keeps up, measured at start)")
     p.add_argument("--preset", required=True, metavar="NAME", help="preset name (or a preset .json file)")
     p.add_argument("--backend", choices=("onnx", "pedalboard"), default="onnx")
     p.add_argument("--onnx-model", metavar="CHAIN.onnx", help="an exported chain (default: build it from the schema)")
@@ -290,7 +434,8 @@ def register(sub) -> dict:
     p.add_argument("--dialect", action="append", metavar="NAME_OR_FILE",
                    help="also accept (and offer subscribers) a DAW dialect, e.g. reaper")
     p.add_argument("--var", action="append", metavar="NAME=VALUE", help="dialect variable (e.g. track=2)")
-    p.add_argument("--record", metavar="FILE", help="where to append parameter changes (default <song>.changes.jsonl)")
+    p.add_argument("--record", metavar="FILE", help="where to append parameter changes (default <song>.changes.jsonl; "
+                                                     "with --insert, insert.changes.jsonl)")
     p.add_argument("--record-max-mb", type=float, default=RECORD_MAX_BYTES / (1 << 20), metavar="MB",
                    help="rotate the change record at this size, keeping one previous file FILE.1 (default 16)")
     p.add_argument("--no-save", action="store_true", help="do not save the preset on exit")

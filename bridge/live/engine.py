@@ -1,8 +1,10 @@
-"""The live engine behind `refmaster serve`: a song through the streaming chain, block by block.
+"""The live engine behind `refmaster serve`: audio through the streaming chain, block by block.
 
-* :class:`LiveEngine` reads the shared :class:`bridge.osc.state.BridgeState` at the start of every
-  block, so an OSC change is heard from the next block on; it loops the song and offers the
-  transport (play, stop, seek) to the OSC server.
+* :class:`ChainProcessor` reads the shared :class:`bridge.osc.state.BridgeState` at the start of
+  every block, so an OSC change is heard from the next block on, and applies the live controls
+  (amount and the loudness-matched bypass: :mod:`bridge.live.monitor`). It is what the JACK insert
+  (:mod:`bridge.live.insert`, `serve --insert`) runs the DAW's audio through;
+  :class:`LiveEngine` adds a song, looped, and the transport (play, stop, seek) for the OSC server.
 * **Smoothing.** A block in which anything changed is rendered twice from the same chain state,
   with the old and with the new parameters, and the two outputs are crossfaded linearly across
   the block (from the end of the backend's latency, 128 samples for ONNX, whose first output
@@ -38,9 +40,9 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
+from bridge.live.monitor import Monitor, control_value, scaled_chain
 from engine import params as P
 from engine.errors import RefmasterError
-from engine.params import SAMPLE_RATE
 from export.factory import make_chain
 from export.streaming import StreamingChain
 
@@ -129,23 +131,20 @@ class EngineStats:
 
 # ------------------------------------------------------------------------------ the engine
 
-class LiveEngine:
-    """Plays ``song`` (2, T) float32 through ``backend``, reading ``state`` at every block."""
+class ChainProcessor:
+    """Block by block through ``backend``, reading ``state`` at every block: what `serve` plays a
+    song through and what the JACK insert runs the DAW's audio through.
 
-    def __init__(self, song: np.ndarray, backend: StreamingChain, state, block: int = DEFAULT_BLOCK,
-                 loop: bool = True, playing: bool = True):
+    A block in which Θ, a switch or the amount changed is crossfaded (see the module docstring);
+    the bypass and the amount are applied as :mod:`bridge.live.monitor` describes.
+    """
+
+    def __init__(self, backend: StreamingChain, state, block: int = DEFAULT_BLOCK):
         if block < 16 or block > 16384:
             raise RefmasterError(f"block size {block} is outside 16…16384 samples")
-        self.song = np.ascontiguousarray(song, dtype=np.float32)
         self.backend = backend
         self.state = state
         self.block = int(block)
-        self.loop = loop
-        self._lock = threading.Lock()
-        self._pos = 0
-        self._playing = playing
-        self._seek_from: Optional[int] = None
-        self.finished = threading.Event()
         self.stats = EngineStats()
         self.last_arrivals: List[float] = []
         # Crossfade ramp for a changed block: 0 until the backend's latency (the first ``latency``
@@ -155,14 +154,110 @@ class LiveEngine:
         start = lat if self.block >= 2 * lat else self.block // 2
         n = np.arange(self.block, dtype=np.float32)
         self.ramp = np.clip((n - start + 1) / (self.block - start), 0.0, 1.0)[None, :].astype(np.float32)
-        self.seek_ramp = ((n + 1) / self.block)[None, :].astype(np.float32)
         chain, _ = state.take_for_block()
-        self.params = chain if chain is not None else state.snapshot()
+        self.source = chain if chain is not None else state.snapshot()   # Θ as the state holds it
+        self.controls = state.controls()
+        self.params = scaled_chain(self.source, control_value(self.controls, "amount"))   # what the chain runs
+        self.monitor = Monitor(backend.sample_rate, lat, self.block)
         backend.set_params(self.params)
         # warm up (the first calls of a runtime allocate and plan), then start a fresh stream
         for _ in range(3):
             backend.process(np.zeros((2, self.block), np.float32))
         backend.reset()
+
+    def _take(self):
+        """(the parameters to run if anything changed else None, arrival times applied)."""
+        new, arrivals = self.state.take_for_block()
+        if new is None:
+            return None, arrivals
+        self.source, self.controls = new, self.state.controls()
+        return scaled_chain(new, control_value(self.controls, "amount")), arrivals
+
+    def apply_pending(self) -> None:
+        """Take the changes made since the last block without rendering (playback stopped)."""
+        new, arrivals = self._take()
+        if new is not None:
+            self.params = new
+            self.backend.set_params(new)
+            self._latencies(arrivals, time.perf_counter())
+
+    def process(self, x: np.ndarray) -> np.ndarray:
+        """The output block (2, n) for the input block ``x`` (2, n)."""
+        t_start = time.perf_counter()
+        new, arrivals = self._take()
+        if new is None or new == self.params:
+            if new is not None:
+                self.params = new
+            y = self.backend.process(x)
+        elif self.backend.can_snapshot:
+            s0 = self.backend.get_state()
+            y_old = self.backend.process(x)
+            self.backend.set_state(s0)
+            self.backend.set_params(new)
+            y_new = self.backend.process(x)
+            ramp = self.ramp if x.shape[1] == self.block else np.linspace(0, 1, x.shape[1], dtype=np.float32)[None]
+            y = y_old * (1.0 - ramp) + y_new * ramp
+            self.params = new
+            self.stats.changed_blocks += 1
+        else:
+            y = self._stepped(x, self.params, new)
+            self.params = new
+            self.stats.changed_blocks += 1
+        y = self.monitor.mix(x, np.asarray(y, dtype=np.float32), control_value(self.controls, "bypass"))
+        done = time.perf_counter()
+        self._latencies(arrivals, done)
+        self.stats.blocks += 1
+        self.stats.block_ms.append((done - t_start) * 1000.0)
+        return y
+
+    def _stepped(self, x: np.ndarray, old: P.ChainParams, new: P.ChainParams) -> np.ndarray:
+        """For a backend without state snapshots: the block in :data:`SUBSTEPS` parts, the
+        parameters moving from ``old`` to ``new`` in equal steps of their normalised form."""
+        a = np.array([old.values[k] for k in P.PARAM_KEYS])
+        b = np.array([new.values[k] for k in P.PARAM_KEYS])
+        na = np.array([s.to_normalized(v) for s, v in zip(P.PARAMS, a)])
+        nb = np.array([s.to_normalized(v) for s, v in zip(P.PARAMS, b)])
+        parts = np.array_split(np.arange(x.shape[1]), min(SUBSTEPS, x.shape[1]))
+        out = []
+        for j, idx in enumerate(parts):
+            f = (j + 1) / len(parts)
+            n = na + f * (nb - na)
+            vals = {s.key: (b[i] if f == 1.0 else s.clamp(s.from_normalized(n[i]))) for i, s in enumerate(P.PARAMS)}
+            self.backend.set_params(P.ChainParams(vals, dict(new.switches)))
+            out.append(self.backend.process(x[:, idx[0]: idx[-1] + 1]))
+        return np.concatenate(out, axis=1)
+
+    def _latencies(self, arrivals: List[float], done: float) -> None:
+        self.stats.applied_messages += len(arrivals)
+        self.stats.latency_ms.extend((done - a) * 1000.0 for a in arrivals)
+        self.last_arrivals = self.last_arrivals + arrivals
+
+    def take_arrivals(self) -> List[float]:
+        """Arrival times of the messages applied in the blocks rendered since the last call."""
+        a, self.last_arrivals = self.last_arrivals, []
+        return a
+
+    def played(self, arrivals: List[float], when: float) -> None:
+        """The block holding ``arrivals`` started playing at ``when`` (perf_counter)."""
+        self.stats.play_latency_ms.extend((when - a) * 1000.0 for a in arrivals)
+
+
+class LiveEngine(ChainProcessor):
+    """Plays ``song`` (2, T) float32 through ``backend``, reading ``state`` at every block."""
+
+    def __init__(self, song: np.ndarray, backend: StreamingChain, state, block: int = DEFAULT_BLOCK,
+                 loop: bool = True, playing: bool = True):
+        super().__init__(backend, state, block)
+        self.song = np.ascontiguousarray(song, dtype=np.float32)
+        self.rate = backend.sample_rate
+        self.loop = loop
+        self._lock = threading.Lock()
+        self._pos = 0
+        self._playing = playing
+        self._seek_from: Optional[int] = None
+        self.finished = threading.Event()
+        n = np.arange(self.block, dtype=np.float32)
+        self.seek_ramp = ((n + 1) / self.block)[None, :].astype(np.float32)
 
     # -- transport (called from the OSC thread)
     def play(self) -> None:
@@ -174,18 +269,18 @@ class LiveEngine:
             self._playing = False
 
     def seek(self, seconds: float) -> float:
-        n = int(round(seconds * SAMPLE_RATE))
+        n = int(round(seconds * self.rate))
         T = self.song.shape[1]
         if n >= T:
-            raise RefmasterError(f"position {seconds:g} s is past the end of the song ({T / SAMPLE_RATE:.1f} s)")
+            raise RefmasterError(f"position {seconds:g} s is past the end of the song ({T / self.rate:.1f} s)")
         with self._lock:
             self._seek_from = self._pos
             self._pos = n
-        return n / SAMPLE_RATE
+        return n / self.rate
 
     def position(self) -> Tuple[bool, float]:
         with self._lock:
-            return self._playing, self._pos / SAMPLE_RATE
+            return self._playing, self._pos / self.rate
 
     # -- audio
     def _read(self, start: int, n: int) -> Tuple[np.ndarray, int]:
@@ -220,68 +315,11 @@ class LiveEngine:
 
     def render_block(self) -> np.ndarray:
         """The next output block (2, block): silence while stopped."""
-        t_start = time.perf_counter()
-        new, arrivals = self.state.take_for_block()
         x = self._next_input()
         if x is None:
-            if new is not None:
-                self.params = new
-                self.backend.set_params(new)
-                self._latencies(arrivals, time.perf_counter())
+            self.apply_pending()
             return np.zeros((2, self.block), np.float32)
-        if new is None or new == self.params:
-            if new is not None:
-                self.params = new
-            y = self.backend.process(x)
-        elif self.backend.can_snapshot:
-            s0 = self.backend.get_state()
-            y_old = self.backend.process(x)
-            self.backend.set_state(s0)
-            self.backend.set_params(new)
-            y_new = self.backend.process(x)
-            y = y_old * (1.0 - self.ramp) + y_new * self.ramp
-            self.params = new
-            self.stats.changed_blocks += 1
-        else:
-            y = self._stepped(x, self.params, new)
-            self.params = new
-            self.stats.changed_blocks += 1
-        done = time.perf_counter()
-        self._latencies(arrivals, done)
-        self.stats.blocks += 1
-        self.stats.block_ms.append((done - t_start) * 1000.0)
-        return np.asarray(y, dtype=np.float32)
-
-    def _stepped(self, x: np.ndarray, old: P.ChainParams, new: P.ChainParams) -> np.ndarray:
-        """For a backend without state snapshots: the block in :data:`SUBSTEPS` parts, the
-        parameters moving from ``old`` to ``new`` in equal steps of their normalised form."""
-        a = np.array([old.values[k] for k in P.PARAM_KEYS])
-        b = np.array([new.values[k] for k in P.PARAM_KEYS])
-        na = np.array([s.to_normalized(v) for s, v in zip(P.PARAMS, a)])
-        nb = np.array([s.to_normalized(v) for s, v in zip(P.PARAMS, b)])
-        parts = np.array_split(np.arange(x.shape[1]), min(SUBSTEPS, x.shape[1]))
-        out = []
-        for j, idx in enumerate(parts):
-            f = (j + 1) / len(parts)
-            n = na + f * (nb - na)
-            vals = {s.key: (b[i] if f == 1.0 else s.clamp(s.from_normalized(n[i]))) for i, s in enumerate(P.PARAMS)}
-            self.backend.set_params(P.ChainParams(vals, dict(new.switches)))
-            out.append(self.backend.process(x[:, idx[0]: idx[-1] + 1]))
-        return np.concatenate(out, axis=1)
-
-    def _latencies(self, arrivals: List[float], done: float) -> None:
-        self.stats.applied_messages += len(arrivals)
-        self.stats.latency_ms.extend((done - a) * 1000.0 for a in arrivals)
-        self.last_arrivals = self.last_arrivals + arrivals
-
-    def take_arrivals(self) -> List[float]:
-        """Arrival times of the messages applied in the blocks rendered since the last call."""
-        a, self.last_arrivals = self.last_arrivals, []
-        return a
-
-    def played(self, arrivals: List[float], when: float) -> None:
-        """The block holding ``arrivals`` started playing at ``when`` (perf_counter)."""
-        self.stats.play_latency_ms.extend((when - a) * 1000.0 for a in arrivals)
+        return self.process(x)
 
 
 # ------------------------------------------------------------------------------ the render loop
@@ -298,7 +336,7 @@ def run_paced(engine: LiveEngine, output, stop: threading.Event, max_blocks: Opt
     """
     if queue_blocks < 2:
         raise RefmasterError("the output queue needs at least 2 blocks (one playing, one being rendered)")
-    d = engine.block / SAMPLE_RATE
+    d = engine.block / engine.backend.sample_rate
     T0 = time.perf_counter() + (queue_blocks - 1) * d
     n = 0
     while not stop.is_set() and (max_blocks is None or n < max_blocks):

@@ -71,10 +71,11 @@ class JackOutput:
             raise RefmasterError(f"no JACK server{f' {server!r}' if server else ''} is running ({e})") from None
         finally:
             jack.set_error_function(None)
-        if self.client.samplerate != SAMPLE_RATE:
+        self.rate = engine.backend.sample_rate
+        if self.client.samplerate != self.rate:
             self.client.close()
-            raise RefmasterError(f"JACK runs at {self.client.samplerate} Hz; refmaster plays at {SAMPLE_RATE} Hz "
-                                 f"(start JACK at {SAMPLE_RATE} Hz, or play to a file)")
+            raise RefmasterError(f"JACK runs at {self.client.samplerate} Hz, the engine at {self.rate} Hz "
+                                 f"(start serve again: it plays at the rate JACK runs at)")
         self.engine = engine
         self.ports = [self.client.outports.register(f"out_{i}") for i in (1, 2)]
         cap = max(queue_blocks * engine.block, 2 * self.client.blocksize) + engine.block + self.client.blocksize
@@ -109,7 +110,7 @@ class JackOutput:
                 now = time.perf_counter()
                 while self._blocks and self._blocks[0][0] < self._r + frames:
                     start, arrivals = self._blocks.popleft()
-                    self.engine.played(arrivals, now + max(0, start - self._r) / SAMPLE_RATE)
+                    self.engine.played(arrivals, now + max(0, start - self._r) / self.rate)
                 self._r += frames
             else:
                 for o in outs:
@@ -175,17 +176,23 @@ class JackOutput:
 
 def jack_available(server: Optional[str] = None) -> bool:
     """True when a JACK server (``server`` or the default) is running and JACK-Client is installed."""
+    return jack_rate(server) is not None
+
+
+def jack_rate(server: Optional[str] = None) -> Optional[int]:
+    """The sample rate of the JACK server (``server`` or the default), None when none runs."""
     try:
         import jack
     except (ImportError, OSError):
-        return False
+        return None
     messages: List[str] = []
     jack.set_error_function(messages.append)  # "cannot connect to server" is the expected answer
     try:
         c = jack.Client("refmaster-probe", servername=server, no_start_server=True)
     except jack.JackOpenError:
-        return False
+        return None
     finally:
         jack.set_error_function(None)
+    rate = c.samplerate
     c.close()
-    return True
+    return int(rate)

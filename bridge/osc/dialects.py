@@ -13,13 +13,15 @@ A dialect is a JSON file (``refmaster.dialect/1``)::
 
 ``"*"`` applies to every parameter (or switch) of :mod:`engine.params`, so a map never lists
 the 46 names again; an entry for a key (``module.name``, or a module for switches) overrides it
-and ``null`` leaves that one out. Address templates may use ``{module}``, ``{name}``, ``{key}``,
-``{index}`` (1-based: parameters 1–46 in schema order, switches 47–52) and the file's
-``variables`` (overridable, e.g. ``--var track=2``).
+and ``null`` leaves that one out. An optional ``"controls"`` section maps the live controls
+(``bypass``, ``amount``: :data:`bridge.osc.state.CONTROLS`) the same way. Address templates may use
+``{module}``, ``{name}``, ``{key}``, ``{index}`` (1-based: parameters 1–46 in schema order, switches
+47–52, controls 53–54) and the file's ``variables`` (overridable, e.g. ``--var track=2``).
 
 Scales for parameters: ``real`` (the value in its unit), ``norm`` (0…1 as refmaster normalises
 it: log for Hz, ms, Q and ratio, else linear), ``linear`` (0…1 linear between min and max).
-For switches: ``int`` (1/0) or ``bool`` (1.0/0.0 floats, as DAWs send toggles).
+For switches and the bypass: ``int`` (1/0) or ``bool`` (1.0/0.0 floats, as DAWs send toggles).
+The amount is 0…1 in every parameter scale.
 
 Ready maps ship in ``bridge/dialect_maps/``: ``generic`` (refmaster's own addresses) and
 ``reaper`` (``/track/N/fx/M/fxparam/P/value``, normalised). The OSC server accepts a dialect's
@@ -33,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Tuple, Union
 
+from bridge.osc.state import CONTROLS
 from engine import params as P
 from engine.errors import RefmasterError
 
@@ -61,17 +64,20 @@ class Dialect:
     """A loaded, validated dialect (see the module docstring)."""
 
     def __init__(self, name: str, description: str, params: Dict[str, Entry], switches: Dict[str, Entry],
-                 source: str = ""):
+                 source: str = "", controls: Optional[Dict[str, Entry]] = None):
         self.name = name
         self.description = description
         self.params = params
         self.switches = switches
+        self.controls = dict(controls or {})
         self.source = source
         self._incoming: Dict[str, Tuple[str, str, str]] = {}
         for key, e in params.items():
             self._add_incoming(e.address, ("param", key, e.scale))
         for m, e in switches.items():
             self._add_incoming(e.address, ("switch", m, e.scale))
+        for c, e in self.controls.items():
+            self._add_incoming(e.address, ("control", c, e.scale))
 
     def _add_incoming(self, address: str, target: Tuple[str, str, str]) -> None:
         if address in self._incoming:
@@ -103,7 +109,7 @@ class Dialect:
             raise DialectError(f"{source}: expected a JSON object")
         if data.get("schema") != SCHEMA_TAG:
             raise DialectError(f"{source}: not a dialect file (schema {data.get('schema')!r}; expected {SCHEMA_TAG!r})")
-        unknown = set(data) - {"schema", "name", "description", "variables", "params", "switches"}
+        unknown = set(data) - {"schema", "name", "description", "variables", "params", "switches", "controls"}
         if unknown:
             raise DialectError(f"{source}: unknown fields {sorted(unknown)}")
         name = data.get("name")
@@ -130,8 +136,8 @@ class Dialect:
                 raise DialectError(f"{source}: '{section}' must be an object")
             for k in raw:
                 if k != "*" and k not in keys:
-                    raise DialectError(f"{source}: {section} entry {k!r} is not a refmaster "
-                                       f"{'parameter' if section == 'params' else 'module'}")
+                    kind = {"params": "parameter", "controls": "control"}.get(section, "module")
+                    raise DialectError(f"{source}: {section} entry {k!r} is not a refmaster {kind}")
             out: Dict[str, Entry] = {}
             for i, key in enumerate(keys):
                 spec = raw[key] if key in raw else raw.get("*")
@@ -140,7 +146,8 @@ class Dialect:
                 if not isinstance(spec, Mapping) or set(spec) - {"address", "scale"} or "address" not in spec:
                     raise DialectError(f"{source}: {section} entry for {key!r} must be "
                                        f"{{\"address\": ..., \"scale\": ...}} or null")
-                scale = spec.get("scale", scales[0])
+                default = scales[0] if section != "controls" else ("int" if key == "bypass" else "real")
+                scale = spec.get("scale", default)
                 if scale not in scales:
                     raise DialectError(f"{source}: {section} {key!r}: scale {scale!r} is not one of {', '.join(scales)}")
                 module, _, pname = key.partition(".")
@@ -150,12 +157,17 @@ class Dialect:
 
         params = table("params", list(P.PARAM_KEYS), PARAM_SCALES, 1)
         switches = table("switches", list(P.MODULES), SWITCH_SCALES, P.NUM_PARAMS + 1)
+        controls = table("controls", list(CONTROLS), SWITCH_SCALES + PARAM_SCALES, P.NUM_PARAMS + len(P.MODULES) + 1)
+        for c, e in controls.items():
+            allowed = SWITCH_SCALES if c == "bypass" else PARAM_SCALES   # a toggle, or 0…1
+            if e.scale not in allowed:
+                raise DialectError(f"{source}: controls {c!r}: scale {e.scale!r} is not one of {', '.join(allowed)}")
         desc = str(data.get("description") or "")
         try:
             desc = desc.format(**var)
         except (KeyError, IndexError, ValueError):
             pass  # a description is free text; braces in it need not be template fields
-        return cls(name, desc, params, switches, source)
+        return cls(name, desc, params, switches, source, controls)
 
     # -- mapping
     def incoming(self) -> Dict[str, Tuple[str, str, str]]:
@@ -193,10 +205,17 @@ class Dialect:
             return []
         return [(e.address, (1.0 if on else 0.0) if e.scale == "bool" else int(on))]
 
+    def outgoing_control(self, name: str, value: float) -> List[Tuple[str, object]]:
+        e = self.controls.get(name)
+        if e is None:
+            return []
+        return [(e.address, int(value) if e.scale == "int" else float(value))]
+
     def rows(self) -> List[Tuple[str, str, str]]:
         """(refmaster key, DAW address, scale) for display."""
         return [(k, e.address, e.scale) for k, e in self.params.items()] + \
-               [(f"switch.{m}", e.address, e.scale) for m, e in self.switches.items()]
+               [(f"switch.{m}", e.address, e.scale) for m, e in self.switches.items()] + \
+               [(f"control.{c}", e.address, e.scale) for c, e in self.controls.items()]
 
 
 def _expand(template, fields: Mapping[str, object], where: str) -> str:
@@ -230,8 +249,9 @@ def parse_vars(items) -> Dict[str, object]:
 # ------------------------------------------------------------------------------ controller layout
 
 def open_stage_control_layout(host: str = "127.0.0.1", port: int = 9000, form: str = "param") -> dict:
-    """An Open Stage Control (1.x) session: one tab per module, a fader per parameter (range,
-    unit and log scale from the schema) and an on/off toggle per module, sending to host:port.
+    """An Open Stage Control (1.x) session: an A/B tab (bypass toggle, amount fader), then one tab per
+    module, a fader per parameter (range, unit and log scale from the schema) and an on/off toggle per
+    module, sending to host:port.
 
     ``form``: ``param`` faders send real units to /refmaster/param/...; ``norm`` faders send 0…1
     to /refmaster/norm/... (the value shown is then normalised).
@@ -274,6 +294,16 @@ def open_stage_control_layout(host: str = "127.0.0.1", port: int = 9000, form: s
                        scroll=True, contain=True, innerPadding=True, label=False)
         tabs.append(widget("tab", f"tab_{m}", label=P.MODULE_TITLES[m], layout="vertical",
                            widgets=[toggle, panel], tabs=[], address="auto", target=""))
+    # the live controls: A/B (loudness-matched bypass) and the amount, first, where a producer looks
+    amount = widget("fader", "amount", label="amount", address=A.control_address("amount"), range={"min": 0, "max": 1},
+                    logScale=False, unit="", default=1, value=1, decimals=2, typeTags="f", doubleTap=True,
+                    design="default", comments=CONTROLS["amount"][3])
+    bypass = widget("button", "bypass", label="bypass (A/B)", address=A.control_address("bypass"), mode="toggle",
+                    on=1, off=0, value=0, default=0, typeTags="i", expand="false", height=60,
+                    comments=CONTROLS["bypass"][3])
+    tabs.insert(0, widget("tab", "tab_monitor", label="A/B", layout="vertical", tabs=[], address="auto", target="",
+                          widgets=[bypass, widget("panel", "monitor_faders", layout="horizontal", widgets=[amount],
+                                                  tabs=[], scroll=True, contain=True, innerPadding=True, label=False)]))
     root = widget("root", "root", layout="default", widgets=[], tabs=tabs, address="auto", target="",
                   label=False)
     return {"createdWith": "refmaster", "version": "1.26.2", "type": "session", "content": root}

@@ -173,6 +173,8 @@ class OscServer(Subscriptions, Commands):
             d.map(addr, self._param_handler(spec, normalized=True))
         for addr, module in A.SWITCH_ADDRESSES.items():
             d.map(addr, self._switch_handler(module))
+        for addr, name in A.CONTROL_ADDRESSES.items():
+            d.map(addr, self._control_handler(name))
         # commands are reached by their exact address only: no pattern saves a preset or starts ITO
         for addr, handler in ((A.PRESET_LOAD, self._on_preset_load), (A.PRESET_SAVE, self._on_preset_save),
                               (A.ITO_RUN, self._on_ito), (A.NUDGE, self._on_nudge), (A.PLAY, self._on_play),
@@ -181,10 +183,12 @@ class OscServer(Subscriptions, Commands):
             d.map(addr, handler, pattern=False)
         for dialect in self.dialects.values():
             for addr, (kind, key, scale) in dialect.incoming().items():
-                if addr in A.PARAM_ADDRESSES or addr in A.SWITCH_ADDRESSES:
+                if addr in A.PARAM_ADDRESSES or addr in A.SWITCH_ADDRESSES or addr in A.CONTROL_ADDRESSES:
                     continue  # the generic dialect is the native address space
                 if kind == "param":
                     d.map(addr, self._param_handler(P.spec(key), dialect_scale=(dialect, scale)))
+                elif kind == "control":
+                    d.map(addr, self._control_handler(key))
                 else:
                     d.map(addr, self._switch_handler(key))
 
@@ -398,6 +402,23 @@ class OscServer(Subscriptions, Commands):
                 raise OscReplyError(f"expected 1 (on) or 0 (off), got {_osc_type_name(v)} {v!r}"[:200])
             self.state.set_switch(module, on, self._source(sender), arrival)
             self.stats.applied += 1
+        return handler
+
+    def _control_handler(self, name: str) -> Handler:
+        """/refmaster/bypass (0|1 or T/F, as a switch) and /refmaster/amount (0…1, clamped with a warning)."""
+        def handler(address: str, args: list, sender: Address, arrival: float):
+            if name == "bypass":
+                if len(args) != 1 or not (isinstance(args[0], bool) or
+                                          (isinstance(args[0], (int, float)) and float(args[0]) in (0.0, 1.0))):
+                    got = f"{_osc_type_name(args[0])} {args[0]!r}" if len(args) == 1 else f"{len(args)} arguments"
+                    raise OscReplyError(f"expected 1 (bypassed) or 0 (processed), got {got}"[:200])
+                self.state.set_control(name, float(bool(args[0])), self._source(sender), arrival)
+                self.stats.applied += 1
+                return None
+            v = self._one_number(args, "a number 0…1")
+            applied, clamped = self.state.set_control(name, v, self._source(sender), arrival)
+            self.stats.applied += 1
+            return (A.WARNING, f"{v:g} is outside 0…1; clamped to {applied:g}") if clamped else None
         return handler
 
     def save_preset(self, name: Optional[str] = None):

@@ -6,6 +6,8 @@ address                                arguments                    what
 /refmaster/param/<module>/<name>       float (real unit)            set a parameter (clamped, with warning)
 /refmaster/norm/<module>/<name>        float 0…1                    set a parameter in normalised form
 /refmaster/on/<module>                 int/float 0|1 or T/F         switch a module on or off
+/refmaster/bypass                      int/float 0|1 or T/F         A/B: 1 the input, loudness-matched
+/refmaster/amount                      float 0…1                    how much of the preset (0 neutral)
 /refmaster/preset/load                 string name                  load a preset into the engine
 /refmaster/preset/save                 [string name]                save the engine's state as a preset
 /refmaster/ito/run                     [int steps]                  inference-time optimisation (hook)
@@ -19,19 +21,23 @@ address                                arguments                    what
 /refmaster/auth                        string secret                when the server has a shared secret
 =====================================  ===========================  =====================================
 
-Address patterns reach the settings (param, norm, on and dialect addresses), never the commands.
+Address patterns reach the settings (param, norm, on, bypass, amount and dialect addresses), never
+the commands. Bypass and amount are live controls (:data:`bridge.osc.state.CONTROLS`): smoothed by
+the engine, pushed and dumped like the parameters, never part of a saved preset.
 Replies — at most one per message (to the sender, a copy to the subscribers on its host):
 ``/refmaster/error <address> <reason>``,
 ``/refmaster/warning <address> <reason>``, ``/refmaster/ok <address> <detail>``; a dump ends
 with ``/refmaster/dump/done <number of values>``; feedback uses the same addresses as the
 settings (``/refmaster/param/...``, ``/refmaster/norm/...``, ``/refmaster/on/...``) plus
-``/refmaster/preset/current <name>`` and ``/refmaster/transport/state <playing 0|1> <seconds>``.
+``/refmaster/bypass``, ``/refmaster/amount``, ``/refmaster/preset/current <name>`` and
+``/refmaster/transport/state <playing 0|1> <seconds>``.
 """
 
 from __future__ import annotations
 
 from typing import Dict, List, Tuple
 
+from bridge.osc.state import CONTROLS
 from engine import params as P
 
 PREFIX = "/refmaster"
@@ -68,10 +74,16 @@ def switch_address(module: str) -> str:
     return f"{PREFIX}/on/{module}"
 
 
+def control_address(name: str) -> str:
+    return f"{PREFIX}/{name}"
+
+
 #: address -> ParamSpec (real-unit form), address -> ParamSpec (normalised form), address -> module
 PARAM_ADDRESSES: Dict[str, P.ParamSpec] = {param_address(s): s for s in P.PARAMS}
 NORM_ADDRESSES: Dict[str, P.ParamSpec] = {norm_address(s): s for s in P.PARAMS}
 SWITCH_ADDRESSES: Dict[str, str] = {switch_address(m): m for m in P.MODULES}
+#: address -> live control name (bypass, amount)
+CONTROL_ADDRESSES: Dict[str, str] = {control_address(c): c for c in CONTROLS}
 
 #: The command addresses with their argument signature and meaning.
 COMMANDS: Tuple[Tuple[str, str, str], ...] = (
@@ -100,5 +112,8 @@ def address_rows() -> List[Tuple[str, str, str]]:
         rows.append((norm_address(s), "f", f"{s.key} as 0…1 ({s.scale} over {s.min:g}…{s.max:g})"))
     for m in P.MODULES:
         rows.append((switch_address(m), "i|f|T|F", f"{P.MODULE_TITLES[m]} on (1) / off (0)"))
+    for c, (lo, hi, default, meaning) in CONTROLS.items():
+        rows.append((control_address(c), "i|f|T|F" if c == "bypass" else "f",
+                     f"{meaning} ({lo:g}…{hi:g}, default {default:g}; live, smoothed, not saved in presets)"))
     rows.extend(COMMANDS)
     return rows

@@ -18,6 +18,13 @@ from engine.errors import ParamError
 #: about 150 bytes each.
 MAX_CHANGES_IN_MEMORY = 50_000
 
+#: The live controls beside Θ (not part of a preset): name -> (min, max, default, meaning).
+#: ``/refmaster/<name>``; the engine applies them (bridge/live/monitor.py); recorded as ``control.<name>``.
+CONTROLS: Dict[str, Tuple[float, float, float, str]] = {
+    "bypass": (0.0, 1.0, 0.0, "1: the input, loudness-matched to the processed signal (A/B); 0: processed"),
+    "amount": (0.0, 1.0, 1.0, "how far every parameter moves from neutral: 1 the preset, 0 the neutral chain"),
+}
+
 
 class Change(NamedTuple):
     """One applied change, for the record: when, what, to what, from whom.
@@ -53,6 +60,7 @@ class BridgeState:
         self._lock = threading.Lock()
         self._values: Dict[str, float] = dict(chain.values)
         self._switches: Dict[str, bool] = dict(chain.switches)
+        self._controls: Dict[str, float] = {k: v[2] for k, v in CONTROLS.items()}
         self._dirty_engine = True
         self._arrivals: List[float] = []
         self._listeners: List[Callable[[List[str]], None]] = []
@@ -114,6 +122,31 @@ class BridgeState:
                 self.version += 1
                 self._log(f"switch.{module}", 1.0 if on else 0.0, source, t)
         self._notify([f"switch.{module}"])
+
+    def set_control(self, name: str, value: float, source: str = "", arrival: Optional[float] = None) -> Tuple[float, bool]:
+        """Set a live control (:data:`CONTROLS`, clamped to its range). Returns (applied, was clamped)."""
+        if name not in CONTROLS:
+            raise ParamError(f"control.{name}", f"unknown control (one of {', '.join(CONTROLS)})")
+        v = float(value)
+        if not math.isfinite(v):
+            raise ParamError(f"control.{name}", f"value is {v} (must be a finite number)")
+        lo, hi = CONTROLS[name][:2]
+        applied = min(max(v, lo), hi)
+        t = arrival if arrival is not None else time.perf_counter()
+        with self._lock:
+            if self._controls[name] != applied:
+                self._controls[name] = applied
+                self._dirty_engine = True
+                self._arrivals.append(t)
+                self.version += 1
+                self._log(f"control.{name}", applied, source, t)
+        self._notify([f"control.{name}"])
+        return applied, applied != v
+
+    def controls(self) -> Dict[str, float]:
+        """The live controls' current values (:data:`CONTROLS`)."""
+        with self._lock:
+            return dict(self._controls)
 
     def load(self, chain: P.ChainParams, source: str = "") -> List[str]:
         """Replace everything (a preset load, an ITO result). Returns the keys that changed."""

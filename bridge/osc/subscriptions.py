@@ -21,6 +21,7 @@ from typing import Dict, Iterable, List, Optional
 from bridge.osc import space as A
 from bridge.osc.access import TokenBucket, numeric_host
 from bridge.osc.dispatcher import OscReplyError
+from bridge.osc.state import CONTROLS
 from bridge.osc.transport import Address
 from bridge.osc.wire import encode_message
 from engine import params as P
@@ -185,6 +186,13 @@ class Subscriptions:
                 if self.transport is not None:
                     playing, pos = self.transport.position()
                     out.append(encode_message(A.TRANSPORT_STATE, [int(playing), float(pos)]))
+            elif k.startswith("control."):
+                c = k[8:]
+                v = self.state.controls()[c]
+                if dialect is not None:
+                    out.extend(encode_message(a, [x]) for a, x in dialect.outgoing_control(c, v))
+                else:
+                    out.append(encode_message(A.control_address(c), [int(v) if c == "bypass" else float(v)]))
             elif k.startswith("switch."):
                 m = k[7:]
                 on = chain.switches[m]
@@ -205,7 +213,8 @@ class Subscriptions:
         return out
 
     def all_keys(self) -> List[str]:
-        keys = list(P.PARAM_KEYS) + [f"switch.{m}" for m in P.MODULES] + [A.PRESET_CURRENT]
+        keys = list(P.PARAM_KEYS) + [f"switch.{m}" for m in P.MODULES] + [f"control.{c}" for c in CONTROLS] + \
+            [A.PRESET_CURRENT]
         if self.transport is not None:
             keys.append(A.TRANSPORT_STATE)
         return keys
