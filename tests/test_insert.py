@@ -27,6 +27,7 @@ import pytest
 from conftest import REAL_SONGS, needs_real_music
 from osc_peers import needs_liblo, oscsend
 
+from bridge.bench.insert import stop_jackd
 from engine import params as P
 from engine.analysis.features import integrated_loudness
 from engine.dsp.chain import render_offline
@@ -295,13 +296,7 @@ class Jackd:
                 closer = threading.Thread(target=lambda c=c: (c.deactivate(), c.close()), daemon=True)
                 closer.start()
                 closer.join(timeout=3)   # a server that no longer answers must not hold the test
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_jackd(self.proc, self.name)   # a killed server's registry slot is reclaimed too
         for c in (self.player, self.recorder):
             c._ptr = jack._ffi.NULL
         for leftover in Path("/dev/shm").glob(f"jack*{self.name}*"):   # what a killed server leaves
@@ -471,6 +466,7 @@ def test_insert_takes_osc_bypass_and_saves_the_preset(jack_session, inserts, sto
     ins = inserts(jackd, store, "--preset", "tone", "--connect-from", "player:out_1", "player:out_2",
                   "--connect-to", "recorder:in_1", "recorder:in_2", "--insert-block", "512")
     lat = ins.latency
+    assert _reported(jackd) == lat > 0          # what it printed is what JACK tells the DAW
     sent = {}
 
     def at(seconds, address, value):   # send when the player reaches `seconds` of the song
@@ -565,3 +561,22 @@ def test_serve_plays_a_song_at_the_jack_servers_rate(jack_session, store, tmp_pa
                        cwd=_cwd(store), capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert "at 48000 Hz" in p.stdout and "JACK client 'refmaster'" in p.stdout
+
+
+@needs_jackd
+def test_bench_insert_reports_jack_figures_under_osc_load(tmp_path):
+    """`refmaster bench insert`, a few seconds of it: its own JACK server at 48 kHz, period 128, a
+    player process, two OSC senders; the figures it reports are JACK's and the insert's own."""
+    import json
+
+    p = subprocess.run([sys.executable, "-m", "bridge.cli", "bench", "insert", "--seconds", "3", "--rate", "2000",
+                        "--insert-block", "512", "--no-realtime", "--json"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert p.returncode in (0, 1), p.stderr            # 1: xruns or late periods on a busy machine
+    r = json.loads(p.stdout)
+    assert (r["rate"], r["period"], r["block"], r["latency_frames"]) == (48000, 128, 512, 2 * 512 - 128 + 128)
+    assert r["messages_sent"] == 6000 and r["messages_applied"] == r["messages_received"] > 0.9 * 6000
+    assert r["audio_seconds"] >= 3.0 and r["callbacks"] >= 3.0 * 48000 / 128
+    assert 0 < r["callback_p50"] <= r["callback_p99"] <= r["callback_max"] and r["changed_blocks"] > 0
+    assert 0 < r["message_to_rendered_ms_p50"] < r["message_to_audible_ms_p50"]   # rendered before it plays
+    assert p.returncode == (0 if r["xruns"] == 0 and r["late_periods"] == 0 else 1)

@@ -6,7 +6,7 @@ import importlib
 
 #: Modules that contribute `bench` targets, in the order `refmaster bench --help` lists them.
 BENCH_MODULES = ["bridge.bench.chain", "bridge.bench.osc", "bridge.bench.render", "bridge.bench.model",
-                 "bridge.bench.master"]
+                 "bridge.bench.master", "bridge.bench.insert"]
 
 
 def register(sub) -> dict:

@@ -221,10 +221,9 @@ def cmd_insert(args) -> int:
                                      f"({period}) up to 16384")
             block, why = args.insert_block, "as asked (--insert-block)"
         else:
-            block, p99 = choose_block(backend, period, rate)
-            why = (f"the chain renders {block} frames in {1000 * p99:.2f} ms (p99), within half their "
-                   f"{1000 * block / rate:.1f} ms twice over" + ("" if block == period else
-                                                                  f"; {period} frames took longer"))
+            block, p99 = choose_block(backend, preset.chain, period, rate)
+            why = (f"the chain renders a changed block of {block} frames in {1000 * p99:.2f} ms (p99), within half "
+                   f"its {1000 * block / rate:.1f} ms" + ("" if block == period else f"; {period} frames took longer"))
         insert = JackInsert(client, ChainProcessor(backend, state, block))
     except BaseException:
         client.close()

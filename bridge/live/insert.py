@@ -5,8 +5,9 @@ two input ports, the chain, two output ports, at the JACK server's rate and peri
   2048). The callback only copies: the period's input into an input ring, and ``P`` frames of
   output from an output ring. A render thread runs the chain (:class:`bridge.live.engine.ChainProcessor`:
   OSC changes crossfaded, bypass and amount) on internal blocks of ``B`` frames (``B`` a multiple
-  of ``P``; :func:`choose_block` picks the smallest that the chain renders in at most half its
-  duration at the 99th percentile, twice over for a changed block). The output ring starts
+  of ``P``; :func:`choose_block` picks the smallest in which the chain renders a changed block
+  (rendered twice and crossfaded) in at most half its duration at the 99th percentile, measured at
+  start). The output ring starts
   ``D = 2B − P`` frames ahead, which gives the render thread one whole block of time per block.
 * **Latency.** Output frame ``n + L`` belongs to input frame ``n``, ``L = D + chain latency``
   (1024 frames at B = 512, P = 128 with the ONNX chain), reported to JACK on the ports
@@ -30,12 +31,13 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from engine import params as P
 from engine.errors import RefmasterError
 
 #: Largest internal block :func:`choose_block` tries (frames).
 MAX_BLOCK = 8192
-#: A block may take at most this share of its duration at the 99th percentile (twice over, for a
-#: changed block, which is rendered with the old and the new parameters).
+#: A changed block (rendered with the old and the new parameters, crossfaded) may take at most this
+#: share of its duration at the 99th percentile: the rest is for the OSC thread and the machine.
 BLOCK_BUDGET = 0.5
 #: Callback durations kept for the figures (a ring of the latest).
 TIMES_KEPT = 1 << 20
@@ -58,26 +60,37 @@ def open_client(server: Optional[str], name: str):
         jack.set_error_function(None)
 
 
-def choose_block(backend, period: int, rate: int, seconds: float = 0.4) -> Tuple[int, float]:
+def choose_block(backend, chain, period: int, rate: int, seconds: float = 0.4) -> Tuple[int, float]:
     """The smallest internal block (``period`` × 2^k, up to :data:`MAX_BLOCK`) that ``backend``
-    renders in time: ``2 × p99 ≤ BLOCK_BUDGET × block duration``, measured on noise now. Returns
-    ``(block, p99 seconds of that block)``; the largest tried if none is fast enough."""
+    renders in time on the insert's real path at its most expensive: a parameter change in every
+    block (so each block is rendered twice and crossfaded, as under a stream of OSC messages) and
+    the bypass's loudness match, measured on noise now with a :class:`ChainProcessor` of its own
+    (``chain``; nothing recorded anywhere): ``p99 ≤ BLOCK_BUDGET × block duration``. Returns
+    ``(block, p99 seconds of that block)``; the largest tried if none is fast enough. The backend is
+    left reset (the insert's processor sets its parameters again)."""
+    from bridge.live.engine import ChainProcessor
+    from bridge.osc.state import BridgeState
+
     rng = np.random.default_rng(0)
     sizes = [period << k for k in range(12) if (period << k) <= max(period, MAX_BLOCK)]
     p99 = float("inf")
+    gain = chain.values["gain.gain"]
+    other = gain - 0.01 if gain - 0.01 >= P.spec("gain.gain").min else gain + 0.01   # a change, whatever Θ
     for block in sizes:
+        state = BridgeState(chain, record=False)
+        proc = ChainProcessor(backend, state, block)
         x = (0.1 * rng.standard_normal((2, block))).astype(np.float32)
         n = max(8, int(seconds * rate / block))
-        for _ in range(3):
-            backend.process(x)
         times = []
-        for _ in range(n):
+        for i in range(n + 3):   # the first 3 warm up
+            state.set_value("gain.gain", other if i % 2 else gain)
             t0 = time.perf_counter()
-            backend.process(x)
+            proc.process(x)
             times.append(time.perf_counter() - t0)
-        p99 = float(np.percentile(times, 99))
-        if 2.0 * p99 <= BLOCK_BUDGET * block / rate:
+        p99 = float(np.percentile(times[3:], 99))
+        if p99 <= BLOCK_BUDGET * block / rate:
             break
+    backend.set_params(chain)
     backend.reset()
     return block, p99
 

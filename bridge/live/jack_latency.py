@@ -43,7 +43,8 @@ def _libjack():
 
         import jack  # loads libjack; we open the same library
 
-        name = ctypes.util.find_library("jack") or "libjack.so.0"
+        # the very name JACK-Client opened (a soname: under pw-jack, LD_LIBRARY_PATH makes it PipeWire's)
+        name = getattr(jack, "_libname", None) or ctypes.util.find_library("jack") or "libjack.so.0"
         _lib = _ffi.dlopen(name)
         del jack
     return _lib
