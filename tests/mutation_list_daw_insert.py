@@ -11,6 +11,7 @@ INS = "tests/test_insert.py"
 OSC_INSERT = f"{INS}::test_insert_takes_osc_bypass_and_saves_the_preset"
 SPACE = f"{INS}::test_bypass_and_amount_in_the_address_space"
 BYPASS = f"{INS}::test_bypass_is_the_input_at_the_processed_loudness_and_is_crossfaded"
+BYPASS_GAIN = f"{INS}::test_bypass_gain_is_the_last_3_s_loudness_and_ramps_within_each_block"
 
 MUTATIONS = [
     # the insert's latency: what it delays by, what it prints and what it tells JACK
@@ -62,10 +63,10 @@ MUTATIONS = [
              (BYPASS,), "the bypass switches in one step (a click) instead of a crossfade across a block"),
     Mutation("insert-bypass-gain-stepped", "Monitor.mix",
              "g = g0 + (gain - g0) * ramp", "g = gain + 0.0 * ramp",
-             (BYPASS,), "the bypass gain jumps from block to block instead of ramping"),
+             (BYPASS_GAIN,), "the bypass gain jumps from block to block instead of ramping"),
     Mutation("insert-bypass-window-not-short-term", "LoudnessMatch.add",
              "while self._n - self._blocks[0][2] >= self._window:", "while False:",
-             (BYPASS,), "the loudness match averages over everything so far, not BS.1770's 3 s short-term window"),
+             (BYPASS_GAIN,), "the loudness match averages over everything so far, not BS.1770's 3 s short-term window"),
     # the address space
     Mutation("insert-bypass-any-number-accepted", "OscServer._control_handler",
              "float(args[0]) in (0.0, 1.0)", "True",

@@ -204,6 +204,34 @@ def test_bypass_is_the_input_at_the_processed_loudness_and_is_crossfaded(song):
     np.testing.assert_allclose(y[:, back:back + 10 * block], wet_d[:, back:back + 10 * block], atol=1e-4)
 
 
+def test_bypass_gain_is_the_last_3_s_loudness_and_ramps_within_each_block():
+    """The bypass gain follows the short-term loudness (the last 3 s, not everything so far): a wet
+    signal 12 dB under the dry one for the last 4 s gives -12 dB, however loud it was before; and
+    while it moves, it moves linearly across each block (no step at a block boundary)."""
+    from bridge.live.monitor import Monitor
+
+    rate, block = 44100, 512
+    rng = np.random.default_rng(5)
+    n = (15 * rate) // block * block
+    x = (0.1 * rng.standard_normal((2, n))).astype(np.float32)
+    a = np.where(np.arange(n) < 10 * rate, 1.0, 10 ** (-12 / 20)).astype(np.float32)
+    mon = Monitor(rate, 0, block)
+    y = np.concatenate([mon.mix(x[:, i:i + block], x[:, i:i + block] * a[i:i + block], 1.0)
+                        for i in range(0, n, block)], axis=1)
+    valid = np.abs(x[0]) > 0.05
+    g = np.where(valid, y[0] / np.where(valid, x[0], 1.0), np.nan)
+    late = g[14 * rate:][np.isfinite(g[14 * rate:])]
+    assert 20 * np.log10(np.median(late)) == pytest.approx(-12.0, abs=0.05)
+    # while it moves (10-13 s): per-sample steps of a linear ramp, never a block's whole change at once
+    seg = slice(10 * rate // block * block, 13 * rate // block * block)
+    gs, ok = g[seg], valid[seg]
+    steps = np.abs(np.diff(gs))[ok[1:] & ok[:-1]]
+    ends = np.array([np.nanmedian(gs[k:k + block][-64:]) for k in range(0, gs.shape[0], block)])
+    per_block = np.abs(np.diff(ends)).max()
+    assert per_block > 1e-3                                   # it does move, block by block
+    assert steps.max() < 2 * per_block / block + 1e-5
+
+
 # ------------------------------------------------------------------------------ JACK
 
 class Jackd:
