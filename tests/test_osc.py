@@ -150,6 +150,7 @@ def test_subscribe_feedback_from_every_source(server, dump, store):
         assert dump.wait_address("/refmaster/param/gain/gain")[-1] == [-3.0]
         dump.wait_address("/refmaster/param/imager/width", 2)     # back to 0.5 (the default)
         assert dump.last("/refmaster/param/imager/width") == [0.5]
+        second.wait_address("/refmaster/norm/imager/width", 2)   # the load has reached it too (not in flight)
         requester.sendto(encode_message(A.UNSUBSCRIBE, [HOST, second.port]), server.address)
         dump.wait_address(A.OK)
         n = len(second.messages)
