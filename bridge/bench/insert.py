@@ -155,11 +155,11 @@ def bench_insert(seconds: float = 600.0, rate: int = 48000, period: int = 128, m
         sf.write(song, resample(synth_song(7, 8.0), 44100, rate).T, rate, subtype="FLOAT")
         with OscServer(state, "127.0.0.1", 0) as osc:
             playback = [p.name for p in client.get_ports(is_audio=True, is_input=True, is_physical=True)][:2]
-            insert.start((), playback)
             undo_realtime = prepare_realtime()
             stop = threading.Event()
             render = threading.Thread(target=insert.run, args=(stop,), name="render", daemon=True)
             render.start()
+            insert.start((), playback)
             player = subprocess.Popen([sys.executable, "-c", PLAYER, str(song), name or "",
                                        *(p.name for p in insert.inputs)],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

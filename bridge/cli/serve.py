@@ -239,8 +239,8 @@ def cmd_insert(args) -> int:
     thread = threading.Thread(target=insert.run, args=(stop,), name="render", daemon=True)
     try:
         server.start()
+        thread.start()   # waiting for input before JACK's first callback: the first block is not late
         insert.start(args.connect_from or (), args.connect_to or ())
-        thread.start()
         host, port = server.address
         ms = 1000.0 * insert.latency / rate
         print(f"refmaster serve --insert: '{preset.name}', {args.backend} backend; {insert.description}", flush=True)
