@@ -3,10 +3,10 @@ messages pour in.
 
 A JACK server of its own (``jackd -d dummy -r RATE -p PERIOD``, real-time scheduling where the
 system allows it; or ``--jack-server NAME``, one already running), a player in a process of its own
-(standing in for the DAW: a synthesised song, looped, into the insert's inputs), the insert in this
-process exactly as `serve --insert` builds it (:class:`bridge.live.insert.JackInsert` around a
-:class:`bridge.live.engine.ChainProcessor` and an :class:`bridge.osc.server.OscServer`; outputs to
-the server's playback ports) and two sender processes (`refmaster bench osc`'s) sending ``rate``
+(standing in for the DAW: a synthesised song, looped, into the insert's inputs), the insert exactly
+as `serve --insert` runs it (:class:`bridge.live.insert_process.InsertProcess`: the audio in a
+process of its own, an :class:`bridge.osc.server.OscServer` in this one; outputs to the server's
+playback ports) and two sender processes (`refmaster bench osc`'s) sending ``rate``
 messages per second between them, for ``seconds`` of audio. Reports: xruns counted by JACK, periods
 the insert played late (silence) and blocks it skipped, the callback's time as a fraction of the
 period (p50/p99/max), the render thread's block time as a fraction of the block, and the latency from
@@ -21,12 +21,10 @@ import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import List, Optional
 
-import numpy as np
 
 from engine import params as P
 from engine.errors import RefmasterError
@@ -119,8 +117,8 @@ def bench_insert(seconds: float = 600.0, rate: int = 48000, period: int = 128, m
     import soundfile as sf
 
     from bridge.bench.osc import SENDER, _sender_jobs
-    from bridge.live.engine import ChainProcessor, open_backend, prepare_realtime
-    from bridge.live.insert import JackInsert, choose_block
+    from bridge.live.engine import prepare_realtime
+    from bridge.live.insert_process import InsertProcess
     from bridge.osc.server import OscServer
     from bridge.osc.state import BridgeState
     from engine.io.audio import resample
@@ -139,29 +137,20 @@ def bench_insert(seconds: float = 600.0, rate: int = 48000, period: int = 128, m
     insert = None
     tmp = tempfile.TemporaryDirectory(prefix="refmaster-bench-insert-")
     try:
-        client = _open_insert_client(name, jackd)
-        rate, period = client.samplerate, client.blocksize
+        probe = _open_insert_client(name, jackd, "refmaster-bench-probe")   # the server is up: its rate, ports
+        rate, period = probe.samplerate, probe.blocksize
+        playback = [p.name for p in probe.get_ports(is_audio=True, is_input=True, is_physical=True)][:2]
+        probe.close()
         check_rate(rate)
-        chain = P.ChainParams.default()
-        state = BridgeState(chain)
-        be = open_backend(backend, chain)
-        be.set_sample_rate(rate)
-        why = "as asked"
-        if block is None:
-            block, _ = choose_block(be, chain, period, rate)
-            why = "measured at start"
-        insert = JackInsert(client, ChainProcessor(be, state, block))
+        state = BridgeState(P.ChainParams.default())
         song = Path(tmp.name) / "song.wav"
         sf.write(song, resample(synth_song(7, 8.0), 44100, rate).T, rate, subtype="FLOAT")
         with OscServer(state, "127.0.0.1", 0) as osc:
-            playback = [p.name for p in client.get_ports(is_audio=True, is_input=True, is_physical=True)][:2]
+            insert = InsertProcess(state, name, "refmaster", backend, block, (), playback)   # as serve --insert runs it
+            block, why = insert.info["block"], "as asked" if block else "measured at start"
             undo_realtime = prepare_realtime()
-            stop = threading.Event()
-            render = threading.Thread(target=insert.run, args=(stop,), name="render", daemon=True)
-            render.start()
-            insert.start((), playback)
-            player = subprocess.Popen([sys.executable, "-c", PLAYER, str(song), name or "",
-                                       *(p.name for p in insert.inputs)],
+            player = subprocess.Popen([sys.executable, "-c", PLAYER, str(song), name or "", "refmaster:in_1",
+                                       "refmaster:in_2"],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             host, port = osc.address
             jobs = _sender_jobs(host, port, msg_rate, seconds, senders)
@@ -171,23 +160,20 @@ def bench_insert(seconds: float = 600.0, rate: int = 48000, period: int = 128, m
                 for p in [player, *procs]:
                     if not p.stdout.readline().strip().startswith('{"ready"'):
                         raise RefmasterError(f"a helper process failed to start: {p.stderr.read().strip()[-300:]}")
-                started = insert.callbacks
                 results = []
                 for p in procs:
                     out, err = p.communicate(timeout=seconds * 3 + 60)
                     if p.returncode != 0:
                         raise RefmasterError(f"an OSC sender failed: {err.strip()[-300:]}")
                     results.append(json.loads(out.strip().splitlines()[-1]))
-                time.sleep(max(0.2, 4 * insert.latency / rate))   # the last messages heard
-                audio_s = (insert.callbacks - started) * period / rate
+                time.sleep(max(0.2, 4 * insert.info["latency"] / rate))   # the last messages heard
             finally:
-                stop.set()
-                render.join(timeout=5)
+                result = insert.stop()
                 undo_realtime()
-            f = insert.figures()
-            s = insert.processor.stats.summary()
+            if result["figures"] is None:
+                raise RefmasterError(f"the insert failed: {result['failure']}")
+            f, s = result["figures"], result["stats"]
             st = osc.stats
-            block_ms = np.asarray(insert.processor.stats.block_ms, dtype=np.float64) / (1000.0 * block / rate)
     finally:
         for p in procs:
             if p.poll() is None:
@@ -199,24 +185,24 @@ def bench_insert(seconds: float = 600.0, rate: int = 48000, period: int = 128, m
             except subprocess.TimeoutExpired:
                 player.kill()
                 player.wait()
-        if insert is not None:
-            insert.close()
+        if insert is not None and insert.result is None:
+            insert.stop()
         if jackd is not None:
             stop_jackd(jackd, name)
         tmp.cleanup()
     sent = sum(r["sent"] for r in results)
+    latency = insert.info["latency"]
     return {
-        "seconds": seconds, "audio_seconds": audio_s, "rate": rate, "period": period, "block": block,
-        "block_chosen": why, "latency_frames": insert.latency, "latency_ms": 1000.0 * insert.latency / rate,
+        "seconds": seconds, "audio_seconds": f["callbacks"] * period / rate, "rate": rate, "period": period,
+        "block": block, "block_chosen": why, "latency_frames": latency, "latency_ms": 1000.0 * latency / rate,
         "backend": backend, "jack_server": "own dummy server" + (" (real-time)" if realtime else "")
-        if jackd is not None else name, "cpu_cores": os.cpu_count(),
-        "osc_rate_per_s": msg_rate, "senders": senders, "messages_sent": sent,
+        if jackd is not None else name, "render_thread_realtime": result["render_realtime"],
+        "cpu_cores": os.cpu_count(), "osc_rate_per_s": msg_rate, "senders": senders, "messages_sent": sent,
         "messages_received": st.messages, "messages_applied": st.applied,
         "xruns": f["xruns"], "late_periods": f["late_periods"], "skipped_blocks": f["skipped_blocks"],
         "callbacks": f["callbacks"], "callback_p50": f["callback_p50"], "callback_p99": f["callback_p99"],
         "callback_max": f["callback_max"], "blocks": s["blocks"], "changed_blocks": s["changed_blocks"],
-        "block_p50": float(np.percentile(block_ms, 50)), "block_p99": float(np.percentile(block_ms, 99)),
-        "block_max": float(block_ms.max()),
+        "block_p50": result["block_p50"], "block_p99": result["block_p99"], "block_max": result["block_max"],
         "message_to_rendered_ms_p50": s["latency_ms_p50"], "message_to_rendered_ms_p99": s["latency_ms_p99"],
         "message_to_audible_ms_p50": s["play_latency_ms_p50"], "message_to_audible_ms_p99": s["play_latency_ms_p99"],
     }
@@ -227,7 +213,7 @@ def format_insert_bench(r: dict) -> str:
         f"JACK insert: {r['audio_seconds']:.0f} s of audio at {r['rate']} Hz, period {r['period']} "
         f"({1000 * r['period'] / r['rate']:.2f} ms), internal block {r['block']} ({r['block_chosen']}), latency "
         f"{r['latency_frames']} frames ({r['latency_ms']:.1f} ms), {r['backend']} backend, {r['jack_server']}, "
-        f"{r['cpu_cores']} CPU cores",
+        f"render thread {'real-time' if r['render_thread_realtime'] else 'not real-time'}, {r['cpu_cores']} CPU cores",
         f"  OSC          {r['senders']} senders, {r['osc_rate_per_s']:.0f} messages/s: sent {r['messages_sent']}, "
         f"received {r['messages_received']}, applied {r['messages_applied']}",
         f"  xruns        {r['xruns']} counted by JACK; {r['late_periods']} periods played late (silence), "

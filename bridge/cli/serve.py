@@ -178,16 +178,15 @@ def _latency_lines(st: dict) -> str:
 
 
 def cmd_insert(args) -> int:
-    """`serve --insert`: the preset's chain as a JACK insert, under OSC control."""
-    from bridge.live.engine import ChainProcessor, open_backend, prepare_realtime
-    from bridge.live.insert import JackInsert, choose_block, open_client
+    """`serve --insert`: the preset's chain as a JACK insert (its audio in a process of its own:
+    :mod:`bridge.live.insert_process`), under OSC control."""
+    from bridge.live.insert_process import InsertProcess
     from bridge.osc.access import AllowList, read_secret
     from bridge.osc.dialects import Dialect, parse_vars
     from bridge.osc.server import OscServer
     from bridge.osc.state import BridgeState
     from engine.io.atomic import check_output
     from engine.io.audio import load_audio
-    from engine.rates import check_rate
     from presets import Preset, PresetStore
 
     if args.input:
@@ -205,74 +204,53 @@ def cmd_insert(args) -> int:
     dialects = [Dialect.load(d, parse_vars(args.var)) for d in (args.dialect or [])]
     reference = load_audio(args.ref).audio if args.ref else None
     state = BridgeState(preset.chain)
-    client = open_client(args.jack_server, args.jack_name)
-    try:
-        rate, period = client.samplerate, client.blocksize
-        try:
-            check_rate(rate)
-        except RefmasterError as e:
-            raise RefmasterError(f"the JACK server runs at {rate} Hz: {e}") from None
-        backend = open_backend(args.backend, preset.chain, onnx_model=args.onnx_model,
-                               pedalboard_settings=args.pedalboard_settings)
-        backend.set_sample_rate(rate)
-        if args.insert_block:
-            if args.insert_block % period or not period <= args.insert_block <= 16384:
-                raise RefmasterError(f"--insert-block {args.insert_block}: must be a multiple of JACK's period "
-                                     f"({period}) up to 16384")
-            block, why = args.insert_block, "as asked (--insert-block)"
-        else:
-            block, p99 = choose_block(backend, preset.chain, period, rate)
-            why = (f"the chain renders a changed block of {block} frames in {1000 * p99:.2f} ms (p99), within half "
-                   f"its {1000 * block / rate:.1f} ms" + ("" if block == period else f"; {period} frames took longer"))
-        insert = JackInsert(client, ChainProcessor(backend, state, block))
-    except BaseException:
-        client.close()
-        raise
     ito, nudge = ito_handlers(preset, None, reference)
     server = OscServer(state, args.osc_host, args.osc_port, store=store, preset=preset, ito_handler=ito,
                        nudge_handler=nudge, dialects=dialects, reference=reference, allow=args.allow, secret=secret)
+    try:
+        insert = InsertProcess(state, args.jack_server, args.jack_name, args.backend, args.insert_block,
+                               args.connect_from or (), args.connect_to or (), args.seconds,
+                               onnx_model=args.onnx_model, pedalboard_settings=args.pedalboard_settings)
+    except BaseException:
+        server.close()
+        raise
+    info = insert.info
     recorder = ChangeRecorder(state, record, int(args.record_max_mb * (1 << 20)))
     stop = threading.Event()
     status = 0
-    prepare_realtime()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
-    thread = threading.Thread(target=insert.run, args=(stop,), name="render", daemon=True)
     try:
         server.start()
-        thread.start()   # waiting for input before JACK's first callback: the first block is not late
-        insert.start(args.connect_from or (), args.connect_to or ())
         host, port = server.address
-        ms = 1000.0 * insert.latency / rate
-        print(f"refmaster serve --insert: '{preset.name}', {args.backend} backend; {insert.description}", flush=True)
-        print(f"latency: {insert.latency} frames ({ms:.1f} ms), reported to JACK on the ports: internal block "
-              f"{block} frames ({why}), {insert.ahead} frames ahead + the chain's {backend.latency}", flush=True)
+        ms = 1000.0 * info["latency"] / info["rate"]
+        print(f"refmaster serve --insert: '{preset.name}', {args.backend} backend; {info['description']}", flush=True)
+        print(f"latency: {info['latency']} frames ({ms:.1f} ms), reported to JACK on the ports: internal block "
+              f"{info['block']} frames ({info['why']}), {info['ahead']} frames ahead + the chain's "
+              f"{info['chain_latency']}", flush=True)
         print(f"listening: osc.udp://{host}:{port}/  (refmaster osc addresses); hosts allowed: {server.allow}"
               f"{'; shared secret required (/refmaster/auth)' if secret else ''}", flush=True)
-        limit = None if args.seconds is None else args.seconds * rate / block
-        while not stop.wait(0.1) and not insert.stopped.is_set():
-            if limit is not None and insert.processor.stats.blocks >= limit:
-                break
+        while not stop.wait(0.1) and not insert.finished():
+            pass
     except RefmasterError as e:
         print(f"refmaster: error: {e}", file=sys.stderr, flush=True)
         status = 2
     finally:
         stop.set()
-        if thread.is_alive():
-            thread.join(timeout=10)
+        result = insert.stop()
         server.close()
-        insert.close()
         saved, save_status = _save_on_exit(args, server, state)
         n = recorder.close()
-        if insert.failure:
-            print(f"refmaster: error: {insert.failure}" + (saved or "; the preset is unchanged"), file=sys.stderr,
+        if result["failure"]:
+            print(f"refmaster: error: {result['failure']}" + (saved or "; the preset is unchanged"), file=sys.stderr,
                   flush=True)
             status = 2
-        f, st = insert.figures(), insert.processor.stats.summary()
-        print(f"stopped: {st['blocks']} blocks of {block} frames, {f['xruns']} xruns, {f['late_periods']} late "
-              f"periods, callback p50 {f['callback_p50']:.3f} / p99 {f['callback_p99']:.3f} / max "
-              f"{f['callback_max']:.3f} of a period; {n} parameter changes recorded in {record}{saved}", flush=True)
-        if st["applied_messages"]:
-            print(_latency_lines(st), flush=True)
+        f, st = result["figures"], result["stats"]
+        if f is not None:
+            print(f"stopped: {st['blocks']} blocks of {info['block']} frames, {f['xruns']} xruns, {f['late_periods']} "
+                  f"late periods, callback p50 {f['callback_p50']:.3f} / p99 {f['callback_p99']:.3f} / max "
+                  f"{f['callback_max']:.3f} of a period; {n} parameter changes recorded in {record}{saved}", flush=True)
+            if st["applied_messages"]:
+                print(_latency_lines(st), flush=True)
         for s, h in previous.items():
             signal.signal(s, h)
     return status or save_status
