@@ -232,6 +232,18 @@ def test_bypass_gain_is_the_last_3_s_loudness_and_ramps_within_each_block():
     assert steps.max() < 2 * per_block / block + 1e-5
 
 
+def test_a_long_session_keeps_bounded_timings():
+    """Hours of blocks and messages: the engine keeps the latest timings for its percentiles, not all."""
+    from bridge.live.engine import TIMINGS_KEPT, EngineStats
+
+    st = EngineStats()
+    st.block_ms.extend(np.full(TIMINGS_KEPT + 1000, 9.0))
+    st.block_ms.extend(np.full(1000, 1.0))
+    st.latency_ms.extend(np.zeros(TIMINGS_KEPT + 5))
+    assert len(st.block_ms) == len(st.latency_ms) == TIMINGS_KEPT and st.block_ms[-1] == 1.0
+    assert st.summary()["block_ms_p50"] == 9.0 and st.summary()["block_ms_max"] == 9.0
+
+
 # ------------------------------------------------------------------------------ JACK
 
 class Jackd:
@@ -331,6 +343,12 @@ class Jackd:
             leftover.unlink(missing_ok=True)
 
 
+def _default_sigint() -> None:
+    """SIGINT as a terminal delivers it: a shell's background job (a CI step, `cmd &`) starts with it
+    ignored, and every process started from there would inherit that."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _cwd(store) -> Path:
     """An empty folder beside the test's presets for a `refmaster` subprocess to run in: whatever it
     writes by default stays under tmp_path (and no folder there, such as presets/, shadows a package)."""
@@ -348,7 +366,9 @@ class Insert:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "bridge.cli", "serve", "--insert", "--osc-port", "0", "--jack-server", jackd.name,
              "--presets", str(store.directory), *map(str, [*args, *record])],
-            cwd=_cwd(store), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            cwd=_cwd(store), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            start_new_session=True,   # a process group of its own, as in a terminal (Ctrl-C reaches all of it)
+            preexec_fn=_default_sigint)
         self.lines, self.port, self.latency = [], None, None
         deadline = time.monotonic() + 90
         while self.port is None:
@@ -362,9 +382,13 @@ class Insert:
                 self.port = int(line.split("osc.udp://")[1].split("/")[0].rsplit(":", 1)[1])
             assert time.monotonic() < deadline, "serve --insert did not start"
 
-    def stop(self, sig=signal.SIGTERM, timeout=30):
+    def stop(self, sig=signal.SIGTERM, timeout=30, group=False):
+        """``sig`` to serve (``group``: to its whole process group, as Ctrl-C in a terminal does)."""
         if self.proc.poll() is None:
-            self.proc.send_signal(sig)
+            if group:
+                os.killpg(self.proc.pid, sig)
+            else:
+                self.proc.send_signal(sig)
         out, err = self.proc.communicate(timeout=timeout)
         self.lines.append(out)
         return self.proc.returncode, "".join(self.lines), err
@@ -487,14 +511,17 @@ def test_insert_takes_osc_bypass_and_saves_the_preset(jack_session, inserts, sto
     from engine.io.audio import resample
 
     store.save(Preset.new("tone", tone_chain()))
-    jackd = jack_session(48000, 256)
+    jackd = jack_session(48000, 64)
     rate = 48000
     x = np.tile(resample(song, 44100, rate), (1, 2))[:, :int(9.5 * rate)]
     jackd.audio = x
     ins = inserts(jackd, store, "--preset", "tone", "--connect-from", "player:out_1", "player:out_2",
-                  "--connect-to", "recorder:in_1", "recorder:in_2", "--insert-block", "512")
+                  "--connect-to", "recorder:in_1", "recorder:in_2", "--insert-block", "64")
     lat = ins.latency
     assert _reported(jackd) == lat > 0          # what it printed is what JACK tells the DAW
+    # the audio in a process of its own (beside multiprocessing's resource tracker), away from the OSC traffic
+    audio = [c for c in _children(ins.proc.pid) if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()]
+    assert len(audio) == 1
     sent = {}
 
     def at(seconds, address, value):   # send when the player reaches `seconds` of the song
@@ -512,8 +539,9 @@ def test_insert_takes_osc_bypass_and_saves_the_preset(jack_session, inserts, sto
             time.sleep(0.01)
     finally:
         jackd.player.set_freewheel(False)
-    code, out, err = ins.stop()
-    assert code == 0, err
+    code, out, err = ins.stop(signal.SIGINT, group=True)   # Ctrl-C: the audio process waits to be told
+    assert code == 0 and "Traceback" not in err, err
+    assert "(0 freewheeling)" in out          # like a DAW's export: every block waited for, never a gap
     first, rec = jackd.recording()
     y = rec[:, jackd.started_at - first + lat:][:, :x.shape[1]]
     before, after = render_offline(x, tone_chain(-3.0), rate), render_offline(x, tone_chain(3.0), rate)
@@ -560,6 +588,19 @@ def test_insert_problems_are_one_line_and_the_preset_is_saved(jack_session, inse
     errors = [l for l in err.splitlines() if l.startswith("refmaster:")]
     assert code == 2 and len(errors) == 1 and "JACK server shut down" in errors[0] and "saved preset 'active'" in errors[0], err
     assert store.get("active").chain.values["imager.width"] == 0.25
+
+
+def _children(pid: int):
+    """The processes whose parent is ``pid`` (from /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
 
 
 def _udp_send(port: int, address: str, value: float) -> None:

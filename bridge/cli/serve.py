@@ -247,7 +247,7 @@ def cmd_insert(args) -> int:
         f, st = result["figures"], result["stats"]
         if f is not None:
             print(f"stopped: {st['blocks']} blocks of {info['block']} frames, {f['xruns']} xruns, {f['late_periods']} "
-                  f"late periods, callback p50 {f['callback_p50']:.3f} / p99 {f['callback_p99']:.3f} / max "
+                  f"late periods ({f['late_freewheeling']} freewheeling), callback p50 {f['callback_p50']:.3f} / p99 {f['callback_p99']:.3f} / max "
                   f"{f['callback_max']:.3f} of a period; {n} parameter changes recorded in {record}{saved}", flush=True)
             if st["applied_messages"]:
                 print(_latency_lines(st), flush=True)

@@ -35,8 +35,9 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
-from typing import List, Optional, Tuple
+from typing import Deque, List, Optional, Tuple
 
 import numpy as np
 
@@ -102,14 +103,23 @@ def open_backend(kind: str, chain: P.ChainParams, onnx_model=None, pedalboard_se
 
 # ------------------------------------------------------------------------------ stats
 
+#: Timings kept for the percentiles (the latest of each kind): a session runs for hours, at hundreds
+#: of blocks and up to thousands of messages a second, and must not grow without bound.
+TIMINGS_KEPT = 1 << 18
+
+
+def _timings() -> Deque[float]:
+    return deque(maxlen=TIMINGS_KEPT)
+
+
 @dataclass
 class EngineStats:
     blocks: int = 0
     changed_blocks: int = 0
     missed_deadlines: int = 0
-    block_ms: List[float] = field(default_factory=list)
-    latency_ms: List[float] = field(default_factory=list)
-    play_latency_ms: List[float] = field(default_factory=list)
+    block_ms: Deque[float] = field(default_factory=_timings)
+    latency_ms: Deque[float] = field(default_factory=_timings)
+    play_latency_ms: Deque[float] = field(default_factory=_timings)
     missed_at_block: List[int] = field(default_factory=list)
     applied_messages: int = 0
 

@@ -149,7 +149,7 @@ class JackInsert:
         self._wake = threading.Event()
         self.freewheeling = False
         self._blocks: List[Tuple[int, List[float]]] = []   # (first output frame, arrivals) not yet played
-        self.xruns = self.late = self.skipped = self.callbacks = 0
+        self.xruns = self.late = self.late_freewheeling = self.skipped = self.callbacks = 0
         self.callback_s = np.zeros(TIMES_KEPT, np.float64)
         self.stopped = threading.Event()
         self.render_realtime = False
@@ -187,6 +187,7 @@ class JackInsert:
             for o in outs:
                 o[ready:] = 0.0
             self.late += 1
+            self.late_freewheeling += self.freewheeling   # an export that would have a gap in it
         with self._lock:
             self._in_w = w + frames
             self._out_r = r + frames
@@ -311,7 +312,8 @@ class JackInsert:
         """xruns, late and skipped blocks, callback time as a fraction of the period (p50/p99/max)."""
         n = min(self.callbacks, TIMES_KEPT)
         t = self.callback_s[:n] / (self.period / self.rate) if n else np.array([np.nan])
-        return {"xruns": self.xruns, "late_periods": self.late, "skipped_blocks": self.skipped,
+        return {"xruns": self.xruns, "late_periods": self.late, "late_freewheeling": self.late_freewheeling,
+                "skipped_blocks": self.skipped,
                 "callbacks": self.callbacks, "callback_p50": float(np.percentile(t, 50)),
                 "callback_p99": float(np.percentile(t, 99)), "callback_max": float(np.max(t)),
                 "latency_frames": self.latency, "block": self.block, "period": self.period, "rate": self.rate}
