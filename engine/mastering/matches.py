@@ -19,7 +19,7 @@ import torch
 
 from engine import params as P
 from engine.analysis.features import AudioFeatureLoss, integrated_loudness, segments_drv
-from engine.dsp.chain import CHAIN_LATENCY, render_chain
+from engine.dsp.chain import CHAIN_LATENCY, render_chain, render_items
 from engine.mastering.ito import DRV_WEIGHT, join_excerpts
 from engine.params import SAMPLE_RATE
 
@@ -31,23 +31,33 @@ LOUDNESS_REACHED_LU = 0.5
 _GAIN = P.PARAM_KEYS.index("gain.gain")
 
 
-def match_loudness(audio: torch.Tensor, theta: torch.Tensor, target_lufs: float,
+def match_loudness(audio: Optional[torch.Tensor], theta: torch.Tensor, target_lufs: float,
                    render: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
-                   max_corrections: int = LOUDNESS_MAX_CORRECTIONS):
+                   max_corrections: int = LOUDNESS_MAX_CORRECTIONS,
+                   loudness: Optional[Callable[[torch.Tensor], float]] = None):
     """Correct the make-up gain of ``theta`` (46,) so ``render_chain(audio, θ)`` has ``target_lufs``.
 
     ``audio``: (1, 2, T) the normalised input. Returns ``(θ, rendered (1, 2, T), info)``; the gain
     stays inside its range (``info["at_limit"]`` says when that stopped the match).
     ``render(θ) -> (1, 2, T)`` replaces the full chain of ``audio`` (:func:`match_dynamics` passes a
-    cheaper one; ``audio`` may then be None).
+    cheaper one; ``audio`` may then be None). ``loudness(θ) -> LUFS`` measures a candidate instead
+    of rendering it here (a track rendered in segments and metered on the way, never held whole:
+    :class:`engine.mastering.track.TrackRender`); the rendered result is then None.
     """
     spec = P.spec("gain.gain")
     theta = theta.detach().clone()
-    if render is None:
-        render = split_render(audio, theta)
-    with torch.no_grad():
-        y = render(theta)
-    before = now = integrated_loudness(y[0].numpy())
+    if loudness is None:
+        if render is None:
+            render = split_render(audio, theta)
+
+        def measure(th):
+            with torch.no_grad():
+                y = render(th)
+            return integrated_loudness(y[0].numpy()), y
+    else:
+        measure = lambda th: (loudness(th), None)  # noqa: E731
+    before, y = measure(theta)
+    now = before
     gain0 = float(theta[_GAIN])
     info = {"target_lufs": target_lufs, "before_lufs": before, "after_lufs": before, "gain_change_db": 0.0,
             "renders": 1, "at_limit": False}
@@ -80,9 +90,7 @@ def match_loudness(audio: torch.Tensor, theta: torch.Tensor, target_lufs: float,
             info["at_limit"] = True
             break
         theta[_GAIN] = g
-        with torch.no_grad():
-            y = render(theta)
-        new = integrated_loudness(y[0].numpy())
+        new, y = measure(theta)
         slope = min(max((new - now) / (g - g_old), 0.05), 1.5)
         last_miss, now = abs(miss), new
         info["renders"] += 1
@@ -123,15 +131,21 @@ DYNAMICS_SEGMENTS = 8
 _THRESHOLD = P.PARAM_KEYS.index("limiter.threshold")
 
 
+def dynamics_windows(T: int) -> "list[tuple[int, int]]":
+    """``[(start, length), ...]`` of the :func:`dynamics_material` of a track of ``T`` samples."""
+    total = int(DYNAMICS_SECONDS * SAMPLE_RATE)
+    if T <= total:
+        return [(0, T)]
+    n = total // DYNAMICS_SEGMENTS
+    return [(int(s), n) for s in np.linspace(0, T - n, DYNAMICS_SEGMENTS).round().astype(int)]
+
+
 def dynamics_material(audio: torch.Tensor) -> torch.Tensor:
     """What the dynamics match renders: ``(1, 2, T)`` -> the track itself, or (K, 2, n) segments."""
-    total = int(DYNAMICS_SECONDS * SAMPLE_RATE)
-    T = audio.shape[-1]
-    if T <= total:
+    windows = dynamics_windows(audio.shape[-1])
+    if len(windows) == 1:
         return audio
-    n = total // DYNAMICS_SEGMENTS
-    starts = np.linspace(0, T - n, DYNAMICS_SEGMENTS).round().astype(int)
-    return torch.cat([audio[..., s : s + n] for s in starts])
+    return torch.cat([audio[..., s : s + n] for s, n in windows])
 
 
 def dynamics_offset(audio: torch.Tensor, segments: torch.Tensor) -> float:
@@ -182,8 +196,8 @@ def match_dynamics(audio: Optional[torch.Tensor], theta: torch.Tensor, target_lu
     # them once (the limiter's look-ahead into the zero tail differs in the last 128 samples).
     pre_off = torch.arange(len(P.MODULES)) >= P.MODULES.index("gain")
     with torch.no_grad():
-        pre = render_chain(segments, theta, ~pre_off, check_params=False)
-    render_rest = lambda th: join_excerpts(render_chain(pre, th, pre_off, check_params=False))  # noqa: E731
+        pre = render_items(segments, theta, ~pre_off, check_params=False)
+    render_rest = lambda th: join_excerpts(render_items(pre, th, pre_off, check_params=False))  # noqa: E731
     K = segments.shape[0]
 
     def trial(t: float) -> dict:
