@@ -203,6 +203,7 @@ def bench_insert(seconds: float = 600.0, rate: int = 48000, period: int = 128, m
         "callbacks": f["callbacks"], "callback_p50": f["callback_p50"], "callback_p99": f["callback_p99"],
         "callback_max": f["callback_max"], "blocks": s["blocks"], "changed_blocks": s["changed_blocks"],
         "block_p50": result["block_p50"], "block_p99": result["block_p99"], "block_max": result["block_max"],
+        "gc_collections": result["gc_collections"], "gc_pause_ms_max": result["gc_pause_ms_max"],
         "message_to_rendered_ms_p50": s["latency_ms_p50"], "message_to_rendered_ms_p99": s["latency_ms_p99"],
         "message_to_audible_ms_p50": s["play_latency_ms_p50"], "message_to_audible_ms_p99": s["play_latency_ms_p99"],
     }
@@ -221,7 +222,8 @@ def format_insert_bench(r: dict) -> str:
         f"  callback     p50 {r['callback_p50']:.3f}, p99 {r['callback_p99']:.3f}, max {r['callback_max']:.3f} of a "
         f"period ({r['callbacks']} callbacks)",
         f"  render       p50 {r['block_p50']:.3f}, p99 {r['block_p99']:.3f}, max {r['block_max']:.3f} of a block "
-        f"({r['blocks']} blocks, {r['changed_blocks']} with changes, crossfaded)",
+        f"({r['blocks']} blocks, {r['changed_blocks']} with changes, crossfaded); {r['gc_collections']} garbage "
+        f"collections in the audio process, the longest {r['gc_pause_ms_max']:.1f} ms",
         f"  latency      message -> block rendered: p50 {r['message_to_rendered_ms_p50']:.2f} ms, p99 "
         f"{r['message_to_rendered_ms_p99']:.2f} ms; -> audible at the outputs: p50 "
         f"{r['message_to_audible_ms_p50']:.2f} ms, p99 {r['message_to_audible_ms_p99']:.2f} ms",

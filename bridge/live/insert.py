@@ -6,8 +6,8 @@ two input ports, the chain, two output ports, at the JACK server's rate and peri
   output from an output ring. A render thread runs the chain (:class:`bridge.live.engine.ChainProcessor`:
   OSC changes crossfaded, bypass and amount) on internal blocks of ``B`` frames (``B`` a multiple
   of ``P``; :func:`choose_block` picks the smallest in which the chain renders a changed block
-  (rendered twice and crossfaded) in at most half its duration at the 99th percentile, measured at
-  start). The output ring starts
+  (rendered twice and crossfaded) in at most :data:`BLOCK_BUDGET` of its duration at the 99th
+  percentile, measured at start). The output ring starts
   ``D = 2B − P`` frames ahead, which gives the render thread one whole block of time per block.
 * **Latency.** Output frame ``n + L`` belongs to input frame ``n``, ``L = D + chain latency``
   (1024 frames at B = 512, P = 128 with the ONNX chain), reported to JACK on the ports
@@ -37,8 +37,9 @@ from engine.errors import RefmasterError
 #: Largest internal block :func:`choose_block` tries (frames).
 MAX_BLOCK = 8192
 #: A changed block (rendered with the old and the new parameters, crossfaded) may take at most this
-#: share of its duration at the 99th percentile: the rest is for the OSC thread and the machine.
-BLOCK_BUDGET = 0.5
+#: share of its duration at the 99th percentile, measured at start without OSC traffic: under
+#: 10,000 messages a second the render takes about twice as long (`refmaster bench insert`).
+BLOCK_BUDGET = 0.35
 #: Callback durations kept for the figures (a ring of the latest).
 TIMES_KEPT = 1 << 20
 
@@ -153,6 +154,7 @@ class JackInsert:
         self.callback_s = np.zeros(TIMES_KEPT, np.float64)
         self.stopped = threading.Event()
         self.render_realtime = False
+        self._realtime_threads: set = set()
         self.failure: Optional[str] = None
         self.server_gone = False
         self._active = False
@@ -211,10 +213,21 @@ class JackInsert:
                 self._lock.wait(0.05)
             return min(frames, max(0, self._out_w - r))
 
+    def _notification_thread(self) -> None:
+        """libjack calls the callbacks below on a thread of its own, an ordinary one: made real-time
+        the first time (:func:`render_thread_realtime`), since it runs Python and so takes the lock
+        JACK's callback needs. Preempted holding it, it stalled the callback for up to 25 periods
+        on a busy machine, and each xrun's own callback then made the next one likelier."""
+        if threading.get_ident() not in self._realtime_threads:
+            self._realtime_threads.add(threading.get_ident())
+            render_thread_realtime()
+
     def _freewheel(self, starting: bool) -> None:
+        self._notification_thread()
         self.freewheeling = bool(starting)
 
     def _xrun(self, delay_usecs: float) -> None:
+        self._notification_thread()
         self.xruns += 1
 
     def _shutdown(self, status, reason: str) -> None:
@@ -224,6 +237,7 @@ class JackInsert:
         self._wake.set()
 
     def _blocksize(self, frames: int) -> None:
+        self._notification_thread()   # JACK calls this one at activation: the thread is real-time from then on
         if frames != self.period:
             self.failure = (f"JACK changed its period from {self.period} to {frames} frames: start "
                             f"`refmaster serve --insert` again for the new period")

@@ -6,8 +6,10 @@ callback needs the interpreter lock. In one process with the OSC server, a flood
 for the lock, and on a busy machine the OSC thread is preempted while it holds it: the callback
 misses its period, an xrun. So the audio side (:class:`bridge.live.insert.JackInsert` with its
 render thread and :class:`bridge.live.engine.ChainProcessor`) runs in a child process whose only
-other Python thread receives the engine's parameters, at most once a :data:`FORWARD_INTERVAL_S`
-whatever the message rate; the OSC server, the shared state, the change record and the saving
+other Python threads receive the engine's parameters (at most once a :data:`FORWARD_INTERVAL_S`,
+whatever the message rate) and wait for the end, all of them real-time where the system allows
+(:func:`bridge.live.insert.render_thread_realtime`: none can be preempted holding the lock by
+ordinary work); the OSC server, the shared state, the change record and the saving
 stay in the parent, unchanged.
 
 * Parent → child: ``("state", values, switches, controls, arrivals)`` whenever the state changed
@@ -74,7 +76,7 @@ class StateFeed:
 def _setup(opts: dict, feed: StateFeed):
     """The child's insert, as `serve --insert` asks for it; RefmasterError for one clear line."""
     from bridge.live.engine import ChainProcessor, open_backend
-    from bridge.live.insert import JackInsert, choose_block, open_client
+    from bridge.live.insert import BLOCK_BUDGET, JackInsert, choose_block, open_client
     from engine.rates import check_rate
 
     client = open_client(opts["server"], opts["name"])
@@ -96,17 +98,36 @@ def _setup(opts: dict, feed: StateFeed):
             why = "as asked (--insert-block)"
         else:
             block, p99 = choose_block(backend, chain, period, rate)
-            why = (f"the chain renders a changed block of {block} frames in {1000 * p99:.2f} ms (p99), within half "
-                   f"its {1000 * block / rate:.1f} ms" + ("" if block == period else f"; {period} frames took longer"))
+            why = (f"the chain renders a changed block of {block} frames in {1000 * p99:.2f} ms (p99), within "
+                   f"{BLOCK_BUDGET:.0%} of its {1000 * block / rate:.1f} ms"
+                   + ("" if block == period else f"; {period} frames took longer"))
         return JackInsert(client, ChainProcessor(backend, feed, block)), why
     except BaseException:
         client.close()
         raise
 
 
+def _time_collections() -> List[float]:
+    """The duration (ms) of every garbage collection from now on (a collection holds the lock)."""
+    import gc
+
+    out: List[float] = []
+    began = [0.0]
+
+    def timer(phase: str, info: dict) -> None:
+        if phase == "start":
+            began[0] = time.perf_counter()
+        else:
+            out.append(1000.0 * (time.perf_counter() - began[0]))
+
+    gc.callbacks.append(timer)
+    return out
+
+
 def run_child(conn, opts: dict) -> None:
     """The child process: set up, say ready, run until told to stop (or the limit, or a failure)."""
     from bridge.live.engine import prepare_realtime
+    from bridge.live.insert import render_thread_realtime
 
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, signal.SIG_IGN)
@@ -118,6 +139,7 @@ def run_child(conn, opts: dict) -> None:
         return
     stop = threading.Event()
     prepare_realtime()
+    gc_ms = _time_collections()
     render = threading.Thread(target=insert.run, args=(stop,), name="render", daemon=True)
     render.start()   # waiting for input before JACK's first callback: the first block is not late
     try:
@@ -134,6 +156,9 @@ def run_child(conn, opts: dict) -> None:
                          "rate": insert.rate, "period": insert.period}))
 
     def receive():
+        # real-time too: a thread the scheduler preempts while it holds the interpreter lock would
+        # stall JACK's callback (this one runs at most once a FORWARD_INTERVAL_S, briefly)
+        render_thread_realtime()
         try:
             while not stop.is_set():
                 msg = conn.recv()
@@ -146,6 +171,7 @@ def run_child(conn, opts: dict) -> None:
         stop.set()
 
     threading.Thread(target=receive, name="state", daemon=True).start()
+    render_thread_realtime()   # and this one, which only looks every 50 ms
     limit = None if opts["seconds"] is None else opts["seconds"] * insert.rate / insert.block
     while not stop.wait(0.05) and not insert.stopped.is_set():
         if limit is not None and proc.stats.blocks >= limit:
@@ -157,7 +183,7 @@ def run_child(conn, opts: dict) -> None:
     pct = (lambda q: float(np.percentile(block_share, q))) if block_share.size else (lambda q: float("nan"))
     result = {"failure": insert.failure, "figures": insert.figures(), "stats": proc.stats.summary(),
               "render_realtime": insert.render_realtime, "block_p50": pct(50), "block_p99": pct(99),
-              "block_max": pct(100)}
+              "block_max": pct(100), "gc_collections": len(gc_ms), "gc_pause_ms_max": max(gc_ms, default=0.0)}
     try:
         conn.send(("done", result))
     except (BrokenPipeError, OSError):
