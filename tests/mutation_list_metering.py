@@ -5,10 +5,11 @@ from mutations import Mutation
 METER = "tests/test_metering.py"
 
 MUTATIONS = [
-    Mutation("meter-ignores-parallel-mix", "gain_reduction", "_p95_db((1.0 - mix) + mix * g)", "_p95_db(g)",
+    Mutation("meter-ignores-parallel-mix", "_gains", "out[f\"multiband.{name}\"] = (1.0 - mix) + mix * g",
+             "out[f\"multiband.{name}\"] = g",
              (f"{METER}::test_compressor_reduction_per_band_and_through_the_parallel_mix",),
              "the band's reduction ignores the dry share of the parallel multiband stage"),
-    Mutation("meter-limiter-sees-the-raw-input", "gain_reduction",
+    Mutation("meter-limiter-sees-the-raw-input", "_gains",
              "before = on & (torch.arange(len(P.MODULES)) < P.MODULES.index(\"limiter\"))",
              "before = torch.zeros(len(P.MODULES), dtype=torch.bool)",
              (f"{METER}::test_limiter_reduction_follows_its_threshold",),

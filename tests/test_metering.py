@@ -22,6 +22,10 @@ def test_limiter_reduction_follows_its_threshold():
     none = gain_reduction(_song(-20.0), _theta(**{"limiter.threshold": 0.0}))["limiter"]
     assert hard > 3.0
     assert none < 0.05
+    # what reaches the limiter, not the chain's input: 12 dB of make-up gain take a song peaking
+    # at −12 dBFS (under the −6 dB threshold) to 0 dBFS, over it
+    boosted = gain_reduction(_song(-12.0), _theta(**{"limiter.threshold": -6.0, "gain.gain": 12.0}))["limiter"]
+    assert boosted > 2.0
 
 
 def test_compressor_reduction_per_band_and_through_the_parallel_mix():
