@@ -151,9 +151,15 @@ def run_child(conn, opts: dict) -> None:
         conn.send(("error", str(e)))
         return
     proc = insert.processor
-    conn.send(("ready", {"latency": insert.latency, "ahead": insert.ahead, "block": insert.block, "why": why,
-                         "description": insert.description, "chain_latency": int(proc.backend.latency),
-                         "rate": insert.rate, "period": insert.period}))
+    try:
+        conn.send(("ready", {"latency": insert.latency, "ahead": insert.ahead, "block": insert.block, "why": why,
+                             "description": insert.description, "chain_latency": int(proc.backend.latency),
+                             "rate": insert.rate, "period": insert.period}))
+    except (BrokenPipeError, OSError):   # the parent went away while this one set up
+        stop.set()
+        render.join(timeout=5)
+        insert.close()
+        return
 
     def receive():
         # real-time too: a thread the scheduler preempts while it holds the interpreter lock would
