@@ -5,7 +5,7 @@ from mutations import Mutation
 TONAL = "tests/test_tonal.py"
 
 MUTATIONS = [
-    Mutation("tonal-fit-never-steps", "fit_balance", "        opt.step()\n", "        pass\n",
+    Mutation("tonal-fit-never-steps", "_fit_balance", "        opt.step()\n", "        pass\n",
              (f"{TONAL}::test_the_fit_undoes_a_known_eq_difference",),
              "the EQ fit computes its loss but never moves the parameters"),
     Mutation("tonal-no-width-term", "_objective", "return fit + width_weight * (width_db - ref.width_db).square()",
